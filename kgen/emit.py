@@ -1,0 +1,517 @@
+"""Stage 3 of the pipeline: IR -> Triton module source (unformatted; `build` runs black).
+
+The module has, in order: a header naming the spec and kgen's version, the spec's
+text, the `kgen.tlib` helpers its ops need, one `@triton.jit` kernel, the launch
+configuration, the argument checks, the launcher function named after the kernel and
+`class ModelNew(nn.Module)` (LANGUAGE.md, "What a generated module offers").
+
+The kernel is the Triton tutorial's grouped, pointer-based GEMM with an fp32
+accumulator, then the epilogue: one line per IR value, named after its op (or the
+name the spec bound it to), each group preceded by the spec line it came from, and
+exactly one `tl.store`. Values stay in the shape of their kind -- [N] vectors as
+[1, BLOCK_N], [M] vectors as [BLOCK_M, 1] -- so each is computed once per row or
+column and broadcasts where it meets the tile.
+
+Identifiers: the template's own names are `analyze.RESERVED`; user names appear as
+float arguments (`scale`), pointers (`scale_ptr`) and strides (`stride_scale_n`),
+forms the analyzer keeps free; temporaries come from `_Namer` and avoid all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kgen import __version__, configs, tlib
+from kgen.analyze import RESERVED
+from kgen.ir import Gemm, InitArg, Kernel, Kind, Operand, Role
+from kgen.ops import OPS
+
+_TORCH_DTYPES = {
+    "float16": "torch.float16",
+    "bfloat16": "torch.bfloat16",
+    "float32": "torch.float32",
+}
+
+
+class _Namer:
+    """Fresh names for temporaries: `{hint}_{n}`, never a name already taken."""
+
+    def __init__(self, taken: set[str]) -> None:
+        self.taken = set(taken)
+
+    def fresh(self, hint: str, number: int) -> str:
+        name = f"{hint}_{number}"
+        while name in self.taken:
+            number += 1000
+            name = f"{hint}_{number}"
+        self.taken.add(name)
+        return name
+
+
+def _comment(text: str) -> str:
+    """Text safe inside a `#` comment: no line breaks or other control characters."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def _spec_lines(kernel: Kernel) -> list[str]:
+    return kernel.source.split("\n")
+
+
+def _literal(value: float) -> str:
+    text = repr(float(value))
+    return text
+
+
+# ---------------------------------------------------------------------------
+# Kernel
+
+
+def _pointer_args(kernel: Kernel) -> list[str]:
+    args = ["x_ptr", "weight_ptr"]
+    if kernel.has_bias:
+        args.append("bias_ptr")
+    args.append("out_ptr")
+    args += [f"{t.name}_ptr" for t in kernel.tensors]
+    return args
+
+
+def _stride_names(operand: Operand) -> list[str]:
+    if operand.kind is Kind.TILE:
+        return [f"stride_{operand.name}_m", f"stride_{operand.name}_n"]
+    if operand.kind is Kind.COL:
+        return [f"stride_{operand.name}_n"]
+    if operand.kind is Kind.ROW:
+        return [f"stride_{operand.name}_m"]
+    return []
+
+
+def _strided(kernel: Kernel) -> list[Operand]:
+    """Tensor operands with strides, in kernel-argument order (bias first)."""
+    bias = [o for o in kernel.operands if o.role is Role.BIAS]
+    return bias + list(kernel.tensors)
+
+
+def _load(operand: Operand) -> str:
+    ptr = f"{operand.name}_ptr"
+    if operand.kind is Kind.SCALAR:
+        return f"tl.load({ptr}).to(tl.float32)"
+    if operand.kind is Kind.COL:
+        return (
+            f"tl.load({ptr} + offs_n * stride_{operand.name}_n, mask=mask_n, other=0.0)"
+            ".to(tl.float32)[None, :]"
+        )
+    if operand.kind is Kind.ROW:
+        return (
+            f"tl.load({ptr} + offs_m * stride_{operand.name}_m, mask=mask_m, other=0.0)"
+            ".to(tl.float32)[:, None]"
+        )
+    return (
+        f"tl.load({ptr} + (offs_m[:, None] * stride_{operand.name}_m"
+        f" + offs_n[None, :] * stride_{operand.name}_n), mask=mask, other=0.0).to(tl.float32)"
+    )
+
+
+_MAINLOOP = """
+    # -- program -> output tile, grouped along M for L2 reuse (Triton tutorial 03)
+    pid = tl.program_id(axis=0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    # -- GEMM mainloop, fp32 accumulator
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Rows and columns past the edge wrap onto valid ones, so the tile loads need no
+    # M/N mask; their results are masked at the store. The hints keep loads vectorized.
+    offs_xm = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
+    offs_wn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    x_ptrs = x_ptr + (offs_xm[:, None] * stride_xm + offs_k[None, :] * stride_xk)
+    w_ptrs = weight_ptr + (offs_k[:, None] * stride_wk + offs_wn[None, :] * stride_wn)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_mask = offs_k < K - k * BLOCK_K
+        a = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
+        b = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
+        if a.dtype == tl.float32:
+            {fp32_dot}
+        elif UPCAST_DOT:
+            # The interpreter's tl.dot is wrong for bf16 (triton#11584); products of
+            # 16-bit values are exact in fp32, so the upcast changes nothing else.
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    # -- epilogue: fp32, in registers
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask = mask_m[:, None] & mask_n[None, :]
+"""
+
+_FP32_DOT = {
+    "tf32x3": 'acc = tl.dot(a, b, acc, input_precision="tf32x3")',
+    "tf32": 'acc = tl.dot(a, b, acc, input_precision="tf32")',
+    "ieee": 'acc = tl.dot(a, b, acc, input_precision="ieee")',
+    "bf16x3": "acc = _dot_bf16x3(a, b, acc, UPCAST_DOT)",
+}
+
+_DOT_BF16X3 = """
+@triton.jit
+def _dot_bf16x3(a, b, acc, UPCAST_DOT: tl.constexpr):
+    # fp32 operands as hi + lo bf16 pairs; three bf16 products (lo * lo dropped,
+    # about 2^-16 relative), the small ones first.
+    a_hi = a.to(tl.bfloat16)
+    a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
+    b_hi = b.to(tl.bfloat16)
+    b_lo = (b - b_hi.to(tl.float32)).to(tl.bfloat16)
+    if UPCAST_DOT:
+        acc = tl.dot(a_lo.to(tl.float32), b_hi.to(tl.float32), acc, input_precision="ieee")
+        acc = tl.dot(a_hi.to(tl.float32), b_lo.to(tl.float32), acc, input_precision="ieee")
+        acc = tl.dot(a_hi.to(tl.float32), b_hi.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a_lo, b_hi, acc)
+        acc = tl.dot(a_hi, b_lo, acc)
+        acc = tl.dot(a_hi, b_hi, acc)
+    return acc
+"""
+
+
+def _epilogue(kernel: Kernel) -> Iterator[str]:
+    """One line per IR value after the gemm, with the spec line each group came from."""
+    taken = set(RESERVED) | {o.name for o in kernel.operands}
+    taken |= {f"{o.name}_ptr" for o in kernel.operands}
+    namer = _Namer(taken)
+    names: dict[int, str] = {0: "acc"}
+    lines = _spec_lines(kernel)
+    last_line = 0
+    for instr in kernel.body[1:]:
+        if instr.op == "const":
+            names[instr.id] = _literal(float(instr.attr))  # type: ignore[arg-type]
+            continue
+        if instr.op == "arg":
+            names[instr.id] = str(instr.attr)
+            continue
+        if instr.span.line != last_line and 1 <= instr.span.line <= len(lines):
+            last_line = instr.span.line
+            where = f"{kernel.filename}:{last_line}"
+            yield f"    # src[{where}]: {_comment(lines[last_line - 1].strip())}"
+        name = namer.fresh(instr.hint, instr.id)
+        if instr.op == "load":
+            expr = _load(kernel.operand(str(instr.attr)))
+        else:
+            args = [names[a] for a in instr.args]
+            x = kernel.value(instr.args[0])
+            if x.op == "const":
+                # helpers apply tl functions to x; give them a tensor, not a constexpr
+                args[0] = f"tl.full([], {args[0]}, tl.float32)"
+            expr = OPS[instr.op].lower(args)
+        names[instr.id] = name
+        yield f"    {name} = {expr}"
+    result = kernel.value(kernel.result)
+    value = names[result.id]
+    if result.kind is not Kind.TILE:
+        value = f"({value} + tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))"
+    yield "    out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)"
+    yield f"    tl.store(out_ptrs, {value}.to(out_ptr.dtype.element_ty), mask=mask)"
+
+
+def _kernel(kernel: Kernel) -> str:
+    params = [*_pointer_args(kernel), "M", "N", "K"]
+    params += ["stride_xm", "stride_xk", "stride_wk", "stride_wn", "stride_om", "stride_on"]
+    for operand in _strided(kernel):
+        params += _stride_names(operand)
+    params += [f.name for f in kernel.floats]
+    params += [
+        f"{c}: tl.constexpr" for c in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "UPCAST_DOT")
+    ]
+    head = [
+        "@triton.jit",
+        f"def {kernel.name}_kernel(",
+        *(f"    {p}," for p in params),
+        "):",
+        f'    """One [BLOCK_M, BLOCK_N] tile of {kernel.name}: GEMM, then the epilogue in registers."""',
+    ]
+    body = _MAINLOOP.replace("{fp32_dot}", _FP32_DOT[kernel.precision]).strip("\n")
+    return "\n".join([*head, body, *_epilogue(kernel)]) + "\n"
+
+
+def _helpers(kernel: Kernel) -> str:
+    needed = {h for instr in kernel.body if instr.op in OPS for h in OPS[instr.op].helpers}
+    parts = [h.source.strip("\n") for h in tlib.closure(needed)]
+    if kernel.precision == "bf16x3":
+        parts.append(_DOT_BF16X3.strip("\n"))
+    return "\n\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# Python side: checks, launcher, nn.Module
+
+_RUNTIME = """
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Under TRITON_INTERPRET=1 kernels run on CPU tensors, and 16-bit tiles are upcast
+# before tl.dot (see the kernel).
+_INTERPRET = bool(triton.knobs.runtime.interpret)
+
+
+def _check_tensor(name, t, shape, x, dtypes=_DTYPES):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} has dtype {str(t.dtype).replace('torch.', '')}; expected {allowed}")
+    if shape is not None and tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+
+
+def _check_float(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
+    return float(value)
+
+
+def _check_gemm(x, weight, linear):
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be 2-D, got shape {list(t.shape)}")
+    _check_tensor("x", x, None, x)
+    if weight.dtype != x.dtype:
+        raise TypeError(f"x and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
+    _check_tensor("weight", weight, None, x)
+    if not _INTERPRET and x.device.type != "cuda":
+        raise ValueError(
+            f"x is on {x.device}; kgen kernels run on CUDA devices "
+            "(or on the CPU with TRITON_INTERPRET=1 set before import)"
+        )
+    M, K = x.shape
+    if linear:
+        N, K_w = weight.shape
+        layout = "weight is [N, K]"
+    else:
+        K_w, N = weight.shape
+        layout = "weight is [K, N]"
+    if K_w != K:
+        raise ValueError(
+            f"x is [M, K] = {list(x.shape)} but {layout} = {list(weight.shape)}: K differs"
+        )
+    return M, N, K
+"""
+
+
+def _signature_args(kernel: Kernel) -> tuple[list[str], list[str]]:
+    """(positional tensor names, keyword float params with defaults) of the launcher."""
+    positional = (
+        ["x", "weight"] + (["bias"] if kernel.has_bias else []) + [t.name for t in kernel.tensors]
+    )
+    keywords = []
+    for f in kernel.floats:
+        keywords.append(f.name if f.default is None else f"{f.name}={_literal(float(f.default))}")
+    return positional, keywords
+
+
+def _launcher(kernel: Kernel) -> str:
+    positional, keywords = _signature_args(kernel)
+    linear = kernel.gemm is Gemm.LINEAR
+    floats = [f.name for f in kernel.floats]
+    out_dtype = _TORCH_DTYPES[kernel.output_dtype] if kernel.output_dtype else "x.dtype"
+    strides = ["x.stride(0)", "x.stride(1)"]
+    strides += (
+        ["weight.stride(1)", "weight.stride(0)"]
+        if linear
+        else ["weight.stride(0)", "weight.stride(1)"]
+    )
+    strides += ["out.stride(0)", "out.stride(1)"]
+    for operand in _strided(kernel):
+        strides += [f"{operand.name}.stride({i})" for i in range(len(_stride_names(operand)))]
+    kernel_args = ["x", "weight"] + (["bias"] if kernel.has_bias else []) + ["out"]
+    kernel_args += [t.name for t in kernel.tensors] + ["M", "N", "K", *strides, *floats]
+    run = [
+        f"def _launch(config, {', '.join(positional + floats)}):",
+        '    """Run the kernel with a given configuration; the arguments are already checked."""',
+        "    M, K = x.shape",
+        f"    N = weight.shape[{0 if linear else 1}]",
+        f"    out = torch.empty((M, N), device=x.device, dtype={out_dtype})",
+        "    if M == 0 or N == 0:",
+        "        return out",
+        "    block_m, block_n, block_k, group_m, num_warps, num_stages = config",
+        "    grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)",
+        f"    {kernel.name}_kernel[grid](",
+        *(f"        {a}," for a in kernel_args),
+        "        BLOCK_M=block_m,",
+        "        BLOCK_N=block_n,",
+        "        BLOCK_K=block_k,",
+        "        GROUP_M=group_m,",
+        "        UPCAST_DOT=_INTERPRET,",
+        "        num_warps=num_warps,",
+        "        num_stages=num_stages,",
+        "    )",
+        "    return out",
+    ]
+    sig = positional + (["*", *keywords] if keywords else [])
+    shapes = {Kind.TILE: "(M, N)", Kind.COL: "(N,)", Kind.ROW: "(M,)", Kind.SCALAR: "()"}
+    checks = [f"    M, N, K = _check_gemm(x, weight, linear={linear})"]
+    if kernel.has_bias:
+        checks.append('    _check_tensor("bias", bias, (N,), x)')
+    for t in kernel.tensors:
+        checks.append(f'    _check_tensor("{t.name}", {t.name}, {shapes[t.kind]}, x)')
+    for f in floats:
+        checks.append(f'    {f} = _check_float("{f}", {f})')
+    call_args = ", ".join(positional + floats)
+    doc = _launcher_doc(kernel)
+    public = [
+        f"def {kernel.name}({', '.join(sig)}):",
+        *doc,
+        *checks,
+        "    config = _config(M, N, K, x.dtype)",
+        "    if _INTERPRET or x.device.index == torch.cuda.current_device():",
+        f"        return _launch(config, {call_args})",
+        "    with torch.cuda.device(x.device):",
+        f"        return _launch(config, {call_args})",
+    ]
+    return "\n".join(run) + "\n\n\n" + "\n".join(public) + "\n"
+
+
+def _epilogue_text(kernel: Kernel) -> str:
+    for line in _spec_lines(kernel):
+        stripped = line.split("#", 1)[0].strip()
+        if stripped.startswith("epilogue"):
+            return _comment(stripped.split(":", 1)[1].strip())
+    return "(none)"
+
+
+def _launcher_doc(kernel: Kernel) -> list[str]:
+    in_f, out_f = kernel.in_features, kernel.out_features
+    if kernel.gemm is Gemm.LINEAR:
+        gemm = f"x[M, {in_f}] @ weight[{out_f}, {in_f}]^T"
+    else:
+        gemm = f"x[M, {in_f}] @ weight[{in_f}, {out_f}]"
+    out = kernel.output_dtype or "x's dtype"
+    return [
+        '    """' + f"{gemm} in fp32, then the epilogue `{_epilogue_text(kernel)}`.",
+        "",
+        f"    Returns a new [M, {out_f}] tensor in {out}. Built by kgen from {kernel.filename}.",
+        '    """',
+    ]
+
+
+def _init_default(arg: InitArg, kernel: Kernel) -> str | None:
+    if arg.target in ("in", "out"):
+        return None
+    if arg.target == "ignored":
+        return "None"
+    operand = kernel.operand(arg.name)
+    if operand.role is Role.FLOAT:
+        return None if operand.default is None else _literal(float(operand.default))
+    return _literal(float(operand.default)) if isinstance(operand.default, float) else "None"
+
+
+def _module_class(kernel: Kernel) -> str:
+    args = list(kernel.init)
+    defaults = [_init_default(a, kernel) for a in args]
+    # Python needs defaults to be a suffix: drop any default before a required argument.
+    required_seen = False
+    for i in reversed(range(len(args))):
+        if defaults[i] is None:
+            required_seen = True
+        elif required_seen:
+            defaults[i] = None
+    sig = ["self"] + [
+        a.name if d is None else f"{a.name}={d}" for a, d in zip(args, defaults, strict=False)
+    ]
+    in_args = {a.name for a in args}
+    in_f, out_f = str(kernel.in_features), str(kernel.out_features)
+    body = ["        super().__init__()"]
+    if kernel.gemm is Gemm.LINEAR:
+        body += [
+            f"        linear = nn.Linear({in_f}, {out_f}, bias={kernel.has_bias})",
+            "        self.weight = linear.weight",
+        ]
+        if kernel.has_bias:
+            body.append("        self.bias = linear.bias")
+    else:
+        body.append(f"        self.weight = nn.Parameter(torch.randn({in_f}, {out_f}))")
+    for operand in kernel.operands:
+        name = operand.name
+        if operand.role is Role.VECTOR:
+            init = operand.default
+            if isinstance(init, str):
+                body.append(f"        self.{name} = nn.Parameter(torch.{init}({out_f}))")
+            else:
+                body.append(f"        self.{name} = nn.Parameter(torch.full(({out_f},), {_literal(float(init))}))")  # type: ignore[arg-type]
+        elif operand.role is Role.SCALAR:
+            init = operand.default
+            fallback = f"torch.{init}(())" if isinstance(init, str) else f"torch.tensor({_literal(float(init))})"  # type: ignore[arg-type]
+            if name in in_args and isinstance(init, str):
+                value = f"{fallback} if {name} is None else torch.tensor(float({name}))"
+            elif name in in_args:
+                value = f"torch.tensor(float({name}))"
+            else:
+                value = fallback
+            body.append(f"        self.{name} = nn.Parameter({value})")
+        elif operand.role is Role.FLOAT:
+            value = name if name in in_args else _literal(float(operand.default))  # type: ignore[arg-type]
+            body.append(f"        self.{name} = {value}")
+    inputs = [t.name for t in kernel.tensors if t.role is Role.INPUT]
+    call = ["x", "self.weight"] + (["self.bias"] if kernel.has_bias else [])
+    call += [t.name if t.role is Role.INPUT else f"self.{t.name}" for t in kernel.tensors]
+    call += [f"{f.name}=self.{f.name}" for f in kernel.floats]
+    lines = [
+        "class ModelNew(nn.Module):",
+        f'    """The {kernel.name} kernel as a module: seeded construction gives the same parameters',
+        "    as the equivalent PyTorch module (nn.Linear first, then the spec's params in order).",
+        '    """',
+        "",
+        f"    def __init__({', '.join(sig)}):",
+        *body,
+        "",
+        f"    def forward({', '.join(['self', 'x', *inputs])}):",
+        f"        return {kernel.name}({', '.join(call)})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# The module
+
+
+def emit_module(kernel: Kernel) -> str:
+    """The generated module's source, before formatting."""
+    spec = [f"# {kernel.filename}:"]
+    spec += [
+        f"# {i:>4} | {_comment(line)}".rstrip() for i, line in enumerate(_spec_lines(kernel), 1)
+    ]
+    if len(spec) > 1 and spec[-1].endswith("|"):
+        spec.pop()  # the empty line after a final newline
+    parts = [
+        f"# Generated by kgen {__version__} from {kernel.filename}. Do not edit: change the spec",
+        "# and run `kgen build`.",
+        "#",
+        *spec,
+        f'"""{kernel.name}: a fused GEMM + epilogue kernel generated by kgen."""',
+        "",
+        "import torch",
+        "import triton",
+        "import triton.language as tl",
+        "from torch import nn",
+        "",
+        "",
+    ]
+    sections = [
+        _helpers(kernel),
+        _kernel(kernel),
+        _RUNTIME.strip("\n"),
+        configs.source().strip("\n"),
+        _launcher(kernel),
+        _module_class(kernel),
+    ]
+    return "\n".join(parts) + "\n\n\n".join(s for s in sections if s) + "\n"

@@ -1,0 +1,242 @@
+"""The IR: what a spec means, independent of how it was written or will be run.
+
+Produced by `analyze` (stage 2), consumed by `reference` (torch oracle) and `emit`
+(Triton source). A `Kernel` is the GEMM, the tensors and floats it reads (`Operand`s),
+and the epilogue as a list of SSA `Instr`s over the accumulator tile, ending in one
+stored value. Every value has a `Kind` -- how it varies over the [M, N] output -- so
+a [N] bias is loaded once per column, not once per element.
+
+Instructions are few and uniform:
+
+    gemm              the fp32 accumulator, x @ weight^T (linear) or x @ weight (matmul)
+    const  VALUE      a number
+    arg    NAME       a float param, passed to the kernel by value
+    load   NAME       a tensor operand (bias, vector/scalar param, input)
+    OP     ARGS...    a registry op (kgen.ops.OPS), arguments by value id
+
+`verify` checks the invariants; `format_kernel` prints it (`kgen show --ir`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from kgen.errors import Diagnostic, Span
+
+
+class Kind(enum.Enum):
+    """How a value varies over the output tile; ordered by how much it varies."""
+
+    SCALAR = "scalar"
+    ROW = "[M]"
+    COL = "[N]"
+    TILE = "[M, N]"
+
+    def join(self, other: Kind) -> Kind:
+        """The kind of an elementwise combination (broadcasting)."""
+        if self is other or other is Kind.SCALAR:
+            return self
+        if self is Kind.SCALAR:
+            return other
+        return Kind.TILE
+
+
+class Gemm(enum.Enum):
+    LINEAR = "linear"  # x[M, K] @ weight[N, K]^T
+    MATMUL = "matmul"  # x[M, K] @ weight[K, N]
+
+
+DTYPES = ("float16", "bfloat16", "float32")
+PRECISIONS = ("tf32x3", "bf16x3", "ieee", "tf32")
+DEFAULT_PRECISION = "tf32x3"
+
+
+class Role(enum.Enum):
+    """What an operand is, which decides who owns it and how the kernel reads it."""
+
+    BIAS = "bias"  # the linear's bias [N], owned by the module
+    VECTOR = "vector"  # `param NAME: vector[N]`, owned by the module
+    SCALAR = "scalar"  # `param NAME: scalar`, a learned 0-dim tensor
+    INPUT = "input"  # `input NAME: [...]`, passed at call time
+    FLOAT = "float"  # `param NAME: float` or an undeclared name: a runtime float
+
+    @property
+    def is_tensor(self) -> bool:
+        return self is not Role.FLOAT
+
+
+@dataclass(frozen=True)
+class Operand:
+    name: str
+    role: Role
+    kind: Kind
+    span: Span
+    # FLOAT: the default value (None: required). VECTOR/SCALAR: the initialiser,
+    # "randn" | "zeros" | "ones" or a number. Otherwise None.
+    default: float | str | None = None
+    implicit: bool = False  # an undeclared name that became a required float
+
+
+@dataclass(frozen=True)
+class Instr:
+    id: int
+    op: str
+    args: tuple[int, ...]
+    kind: Kind
+    span: Span
+    attr: float | str | None = None  # const: the value; arg/load: the operand name
+    boolean: bool = False
+    hint: str = ""  # a readable name for the emitted temporary
+
+
+@dataclass(frozen=True)
+class InitArg:
+    """One constructor argument of the generated nn.Module."""
+
+    name: str
+    target: str  # "in" | "out" (gemm sizes), "param" (float/scalar param), "ignored"
+    default: float | str | None = None
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    filename: str  # the spec's file name (no directories), for provenance
+    source: str  # the spec text
+    gemm: Gemm
+    in_features: str | int
+    out_features: str | int
+    operands: tuple[Operand, ...]
+    init: tuple[InitArg, ...]
+    body: tuple[Instr, ...]
+    result: int
+    output_dtype: str | None  # None: x's dtype
+    precision: str
+    notes: tuple[Diagnostic, ...] = field(default=(), compare=False)
+
+    @property
+    def has_bias(self) -> bool:
+        return any(op.role is Role.BIAS for op in self.operands)
+
+    def operand(self, name: str) -> Operand:
+        for op in self.operands:
+            if op.name == name:
+                return op
+        raise KeyError(name)
+
+    @property
+    def tensors(self) -> tuple[Operand, ...]:
+        """Tensor operands after x, weight and bias: call order of the generated function."""
+        return tuple(o for o in self.operands if o.role.is_tensor and o.role is not Role.BIAS)
+
+    @property
+    def floats(self) -> tuple[Operand, ...]:
+        return tuple(o for o in self.operands if o.role is Role.FLOAT)
+
+    def value(self, id_: int) -> Instr:
+        instr = self.body[id_]
+        assert instr.id == id_
+        return instr
+
+
+class IRError(AssertionError):
+    """An IR invariant broken: a bug in kgen, never a user's mistake."""
+
+
+def verify(kernel: Kernel) -> Kernel:
+    """Check the IR's invariants; return it unchanged, or raise IRError."""
+    from kgen.ops import OPS  # ops depends on ir; import here to keep ir a leaf
+
+    names = [o.name for o in kernel.operands]
+    if len(set(names)) != len(names):
+        raise IRError(f"duplicate operand names: {names}")
+    operands = {o.name: o for o in kernel.operands}
+    gemms = 0
+    for index, instr in enumerate(kernel.body):
+        if instr.id != index:
+            raise IRError(f"value %{instr.id} at position {index}")
+        if any(a >= index or a < 0 for a in instr.args):
+            raise IRError(f"%{instr.id} uses a later value: {instr.args}")
+        args = [kernel.body[a] for a in instr.args]
+        if instr.op == "gemm":
+            gemms += 1
+            ok = instr.kind is Kind.TILE and not args
+        elif instr.op == "const":
+            ok = instr.kind is Kind.SCALAR and isinstance(instr.attr, float) and not args
+        elif instr.op in ("arg", "load"):
+            operand = operands.get(str(instr.attr))
+            ok = (
+                operand is not None
+                and not args
+                and operand.kind is instr.kind
+                and (operand.role is Role.FLOAT) == (instr.op == "arg")
+            )
+        else:
+            opdef = OPS.get(instr.op)
+            if opdef is None:
+                raise IRError(f"%{instr.id}: unknown op {instr.op!r}")
+            ok = opdef.check_args(args, instr.kind, instr.boolean)
+        if not ok:
+            raise IRError(f"ill-formed instruction {format_instr(instr)}")
+    if gemms != 1 or kernel.body[0].op != "gemm":
+        raise IRError("the body must start with the one gemm")
+    result = kernel.body[kernel.result]
+    if result.boolean:
+        raise IRError("the stored value is a comparison")
+    return kernel
+
+
+# ---------------------------------------------------------------------------
+# Printing
+
+
+def _value(instr: Instr) -> str:
+    if instr.op == "const":
+        return repr(instr.attr)
+    return f"%{instr.id}"
+
+
+def format_instr(instr: Instr, body: tuple[Instr, ...] | None = None) -> str:
+    kind = "bool" if instr.boolean else instr.kind.value
+    if instr.op == "gemm":
+        rhs = "gemm x, weight"
+    elif instr.op == "const":
+        rhs = f"const {instr.attr!r}"
+    elif instr.op in ("arg", "load"):
+        rhs = f"{instr.op} {instr.attr}"
+    else:
+        shown = [_value(body[a]) if body else f"%{a}" for a in instr.args]
+        rhs = f"{instr.op} " + ", ".join(shown) if shown else instr.op
+    return f"%{instr.id:<3} {kind:<8} = {rhs}"
+
+
+def format_kernel(kernel: Kernel) -> str:
+    """A readable listing of the IR (stable: tests and `kgen show --ir` use it)."""
+    lines = [f"kernel {kernel.name}  # from {kernel.filename}"]
+    bias = ", bias" if kernel.has_bias else ""
+    if kernel.gemm is Gemm.LINEAR:
+        shape = (
+            f"x[M, {kernel.in_features}] @ weight[{kernel.out_features}, {kernel.in_features}]^T"
+        )
+    else:
+        shape = f"x[M, {kernel.in_features}] @ weight[{kernel.in_features}, {kernel.out_features}]"
+    lines.append(f"  gemm {kernel.gemm.value}: {shape}{bias}")
+    lines.append(f"  precision {kernel.precision}; output {kernel.output_dtype or 'dtype of x'}")
+    for op in kernel.operands:
+        extra = ""
+        if op.role is Role.FLOAT:
+            extra = " (required)" if op.default is None else f" = {op.default!r}"
+            if op.implicit:
+                extra += ", undeclared"
+        elif op.default is not None:
+            extra = f" = {op.default}"
+        lines.append(f"  {op.role.value:<6} {op.name}: {op.kind.value}{extra}")
+    lines.append("  init(" + ", ".join(a.name for a in kernel.init) + ")")
+    for instr in kernel.body:
+        if instr.op == "const":
+            continue
+        where = f"{instr.span.line}:{instr.span.column}"
+        lines.append(f"  {format_instr(instr, kernel.body):<52} # {where}")
+    lines.append(f"  store {_value(kernel.body[kernel.result])}")
+    return "\n".join(lines) + "\n"

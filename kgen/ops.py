@@ -1,0 +1,399 @@
+"""The op registry: everything kgen knows about each epilogue op, one entry per op.
+
+An entry holds the op's name, its arguments (after `x`, the value it applies to) with
+their defaults and the kind each accepts, a one-line doc, its torch reference (the
+oracle, used by `kgen.reference`) and its Triton lowering (an expression over the
+names of its arguments, used by `kgen.emit`, with the `kgen.tlib` helpers it calls).
+Adding an op is adding an entry here; the parser needs nothing, the analyzer reads
+the signature, and the tests draw ops from this table.
+
+Operators in expressions are ops too: `a + b` is `add(a, b)`, `-a` is `neg(a)`, and
+the comparisons `< <= > >=` are the internal ops `lt le gt ge`, whose boolean
+results only `where` may take.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kgen.ir import Instr, Kind
+
+
+class ArgType(enum.Enum):
+    VALUE = "a value"  # any kind: number, param, vector, [M, N] tensor, expression
+    SCALAR = "a scalar"  # one number for the whole tile (torch takes a Python float)
+    TILE = "an [M, N] value"
+    BOOL = "a comparison"
+
+    def accepts(self, arg: Instr) -> bool:
+        if self is ArgType.BOOL:
+            return arg.boolean
+        if arg.boolean:
+            return False
+        if self is ArgType.SCALAR:
+            return arg.kind is Kind.SCALAR
+        if self is ArgType.TILE:
+            return arg.kind is Kind.TILE
+        return True
+
+
+class Group(enum.Enum):
+    ARITHMETIC = "arithmetic"
+    ACTIVATION = "activation"
+    MATH = "math"
+    OPERAND = "operand"  # applies a tensor the spec provides (bias, residual)
+    SELECT = "select"  # where
+    COMPARE = "compare"  # internal: < <= > >=
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: ArgType = ArgType.VALUE
+    default: float | None = None
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    params: tuple[Param, ...]
+    doc: str
+    reference: Callable[..., Any]  # torch: (x, *implicit, *params) -> Tensor
+    triton: str  # a Triton expression over {x}, {implicit...}, {params...}
+    group: Group
+    helpers: tuple[str, ...] = ()
+    x_type: ArgType = ArgType.VALUE
+    implicit: tuple[str, ...] = ()  # operands the spec supplies, e.g. the linear's bias
+    step: bool = True  # usable as an epilogue step (else only in expressions)
+    public: bool = True  # the user may name it
+    boolean: bool = False  # the result is a comparison
+
+    @property
+    def arg_types(self) -> tuple[ArgType, ...]:
+        """The type of each IR argument, in order: x, implicit operands, params."""
+        return (
+            self.x_type,
+            *(ArgType.VALUE for _ in self.implicit),
+            *(p.type for p in self.params),
+        )
+
+    @property
+    def arg_names(self) -> tuple[str, ...]:
+        return ("x", *self.implicit, *(p.name for p in self.params))
+
+    def result_kind(self, args: Sequence[Instr]) -> Kind:
+        kind = Kind.SCALAR
+        for a in args:
+            kind = kind.join(a.kind)
+        return kind
+
+    def check_args(self, args: Sequence[Instr], kind: Kind, boolean: bool) -> bool:
+        types = self.arg_types
+        return (
+            len(args) == len(types)
+            and all(t.accepts(a) for t, a in zip(types, args, strict=False))
+            and kind is self.result_kind(args)
+            and boolean == self.boolean
+        )
+
+    def lower(self, names: Sequence[str]) -> str:
+        """The Triton expression of this op applied to the emitted names of its args."""
+        return self.triton.format(**dict(zip(self.arg_names, names, strict=False)))
+
+    def signature(self) -> str:
+        """How the user writes it, e.g. `softplus(beta=1, threshold=20)`."""
+        if not self.params:
+            return self.name
+        parts = [p.name if p.default is None else f"{p.name}={p.default:g}" for p in self.params]
+        return f"{self.name}({', '.join(parts)})"
+
+
+def _op(
+    name: str,
+    doc: str,
+    reference: Callable[..., Any],
+    triton: str,
+    group: Group,
+    *params: Param,
+    **extra: Any,
+) -> OpDef:
+    return OpDef(name, tuple(params), doc, reference, triton, group, **extra)
+
+
+V = ArgType.VALUE
+S = ArgType.SCALAR
+
+_OPS: list[OpDef] = [
+    # -- applying the spec's own tensors
+    _op(
+        "bias",
+        "x + bias[n], the linear's bias",
+        lambda x, b: x + b,
+        "{x} + {bias}",
+        Group.OPERAND,
+        implicit=("bias",),
+    ),
+    _op(
+        "residual",
+        "x + r, r an [M, N] value (an input, or a bound name)",
+        lambda x, r: x + r,
+        "{x} + {r}",
+        Group.OPERAND,
+        Param("r", ArgType.TILE),
+    ),
+    # -- arithmetic
+    _op("add", "x + v", lambda x, v: x + v, "{x} + {v}", Group.ARITHMETIC, Param("v")),
+    _op("sub", "x - v", lambda x, v: x - v, "{x} - {v}", Group.ARITHMETIC, Param("v")),
+    _op("mul", "x * v", lambda x, v: x * v, "{x} * {v}", Group.ARITHMETIC, Param("v")),
+    _op("div", "x / v", lambda x, v: x / v, "{x} / {v}", Group.ARITHMETIC, Param("v")),
+    _op("neg", "-x", torch.neg, "-{x}", Group.ARITHMETIC),
+    _op(
+        "min",
+        "torch.minimum(x, v); NaN in either gives NaN",
+        torch.minimum,
+        "_minimum({x}, {v})",
+        Group.ARITHMETIC,
+        Param("v"),
+        helpers=("_minimum",),
+    ),
+    _op(
+        "max",
+        "torch.maximum(x, v); NaN in either gives NaN",
+        torch.maximum,
+        "_maximum({x}, {v})",
+        Group.ARITHMETIC,
+        Param("v"),
+        helpers=("_maximum",),
+    ),
+    _op(
+        "clamp",
+        "torch.clamp(x, lo, hi): min(max(x, lo), hi)",
+        torch.clamp,
+        "_clamp({x}, {lo}, {hi})",
+        Group.ARITHMETIC,
+        Param("lo"),
+        Param("hi"),
+        helpers=("_clamp",),
+    ),
+    _op(
+        "sigmoid_residual",
+        "x + s * sigmoid(x)",
+        lambda x, s: x + s * torch.sigmoid(x),
+        "{x} + {s} * _sigmoid({x})",
+        Group.ARITHMETIC,
+        Param("s"),
+        helpers=("_sigmoid",),
+    ),
+    # -- math
+    _op("exp", "e^x", torch.exp, "tl.exp({x})", Group.MATH),
+    _op("log", "natural logarithm (NaN below 0, -inf at 0)", torch.log, "tl.log({x})", Group.MATH),
+    _op("abs", "|x|", torch.abs, "tl.abs({x})", Group.MATH),
+    _op("square", "x * x", torch.square, "{x} * {x}", Group.MATH),
+    _op("sqrt", "square root (NaN below 0)", torch.sqrt, "tl.sqrt({x})", Group.MATH),
+    _op("rsqrt", "1 / sqrt(x)", torch.rsqrt, "tl.rsqrt({x})", Group.MATH),
+    _op("erf", "the error function", torch.erf, "tl.erf({x})", Group.MATH),
+    # -- activations
+    _op(
+        "relu",
+        "max(x, 0); NaN stays NaN",
+        torch.relu,
+        "tl.where({x} < 0.0, 0.0, {x})",
+        Group.ACTIVATION,
+    ),
+    _op(
+        "leaky_relu",
+        "x if x > 0 else slope * x",
+        lambda x, s: F.leaky_relu(x, s),
+        "tl.where({x} > 0.0, {x}, {x} * {slope})",
+        Group.ACTIVATION,
+        Param("slope", S, 0.01),
+    ),
+    _op(
+        "hardtanh",
+        "clamp(x, min, max), as F.hardtanh (max wins if min > max)",
+        lambda x, lo, hi: torch.clamp(x, lo, hi),
+        "_clamp({x}, {min}, {max})",
+        Group.ACTIVATION,
+        Param("min", S, -1.0),
+        Param("max", S, 1.0),
+        helpers=("_clamp",),
+    ),
+    _op(
+        "sigmoid",
+        "1 / (1 + e^-x)",
+        torch.sigmoid,
+        "_sigmoid({x})",
+        Group.ACTIVATION,
+        helpers=("_sigmoid",),
+    ),
+    _op(
+        "tanh", "hyperbolic tangent", torch.tanh, "_tanh({x})", Group.ACTIVATION, helpers=("_tanh",)
+    ),
+    _op(
+        "gelu",
+        "exact GELU, 0.5 x (1 + erf(x / sqrt(2))): F.gelu's default",
+        F.gelu,
+        "_gelu({x})",
+        Group.ACTIVATION,
+        helpers=("_gelu",),
+    ),
+    _op(
+        "gelu_tanh",
+        'tanh-approximated GELU, F.gelu(x, approximate="tanh")',
+        lambda x: F.gelu(x, approximate="tanh"),
+        "_gelu_tanh({x})",
+        Group.ACTIVATION,
+        helpers=("_gelu_tanh",),
+    ),
+    _op(
+        "silu",
+        "x * sigmoid(x) (alias: swish)",
+        F.silu,
+        "{x} * _sigmoid({x})",
+        Group.ACTIVATION,
+        helpers=("_sigmoid",),
+    ),
+    _op(
+        "mish",
+        "x * tanh(softplus(x))",
+        F.mish,
+        "{x} * _tanh(_softplus({x}, 1.0, 20.0))",
+        Group.ACTIVATION,
+        helpers=("_tanh", "_softplus"),
+    ),
+    _op(
+        "softplus",
+        "log(1 + e^(beta x)) / beta, x where beta x > threshold",
+        lambda x, b, t: F.softplus(x, b, t),
+        "_softplus({x}, {beta}, {threshold})",
+        Group.ACTIVATION,
+        Param("beta", S, 1.0),
+        Param("threshold", S, 20.0),
+        helpers=("_softplus",),
+    ),
+    _op(
+        "elu",
+        "x if x > 0 else alpha (e^x - 1)",
+        lambda x, a: F.elu(x, a),
+        "_elu({x}, {alpha})",
+        Group.ACTIVATION,
+        Param("alpha", S, 1.0),
+        helpers=("_elu",),
+    ),
+    _op(
+        "selu",
+        "1.0507... * elu(x, 1.6732...)",
+        F.selu,
+        "1.0507009873554805 * _elu({x}, 1.6732632423543772)",
+        Group.ACTIVATION,
+        helpers=("_elu",),
+    ),
+    _op(
+        "celu",
+        "x if x > 0 else alpha (e^(x / alpha) - 1)",
+        lambda x, a: F.celu(x, a),
+        "tl.where({x} > 0.0, {x}, {alpha} * _expm1({x} / {alpha}))",
+        Group.ACTIVATION,
+        Param("alpha", S, 1.0),
+        helpers=("_expm1",),
+    ),
+    _op(
+        "hardsigmoid",
+        "relu6(x + 3) / 6",
+        F.hardsigmoid,
+        "_hardsigmoid({x})",
+        Group.ACTIVATION,
+        helpers=("_hardsigmoid",),
+    ),
+    _op(
+        "hardswish",
+        "x * relu6(x + 3) / 6",
+        F.hardswish,
+        "{x} * _hardsigmoid({x})",
+        Group.ACTIVATION,
+        helpers=("_hardsigmoid",),
+    ),
+    _op(
+        "logsigmoid",
+        "log(sigmoid(x)), without overflow",
+        F.logsigmoid,
+        "_logsigmoid({x})",
+        Group.ACTIVATION,
+        helpers=("_logsigmoid",),
+    ),
+    # -- selection (expressions only)
+    _op(
+        "where",
+        "a where the comparison c holds, else b",
+        torch.where,
+        "tl.where({x}, {a}, {b})",
+        Group.SELECT,
+        Param("a"),
+        Param("b"),
+        x_type=ArgType.BOOL,
+        step=False,
+    ),
+    # -- comparisons (internal: written as operators, only inside where)
+    *(
+        _op(
+            name,
+            f"x {sym} v",
+            ref,
+            f"{{x}} {sym} {{v}}",
+            Group.COMPARE,
+            Param("v"),
+            step=False,
+            public=False,
+            boolean=True,
+        )
+        for name, sym, ref in (
+            ("lt", "<", torch.lt),
+            ("le", "<=", torch.le),
+            ("gt", ">", torch.gt),
+            ("ge", ">=", torch.ge),
+        )
+    ),
+]
+
+OPS: dict[str, OpDef] = {op.name: op for op in _OPS}
+
+# Other names for the same op: the IR always uses the target.
+ALIASES: dict[str, str] = {"swish": "silu", "scale": "mul"}
+
+# Operators of expressions, as ops.
+BINARY_OPERATORS: dict[str, str] = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+COMPARISONS: dict[str, str] = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
+
+# Row operations (LANGUAGE.md, v2): they parse, and analyze rejects them for now.
+ROW_OPS: frozenset[str] = frozenset(
+    {
+        "softmax",
+        "log_softmax",
+        "logsumexp",
+        "row_sum",
+        "row_mean",
+        "row_max",
+        "row_min",
+        "layernorm",
+        "groupnorm",
+        "avgpool",
+        "maxpool",
+    }
+)
+
+
+def lookup(name: str) -> OpDef | None:
+    """The public op a user's name refers to (aliases resolved), or None."""
+    op = OPS.get(ALIASES.get(name, name))
+    return op if op is not None and op.public else None
+
+
+def public_names() -> list[str]:
+    """Every name a user may write for a built-in op, aliases included."""
+    return sorted([n for n, op in OPS.items() if op.public] + list(ALIASES))

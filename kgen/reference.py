@@ -1,0 +1,107 @@
+"""The oracle: a spec's IR evaluated with torch ops, sharing nothing with the Triton
+lowering but each op's registry entry (its `reference`).
+
+    evaluate(kernel, x, weight, [bias], *tensors, dtype=torch.float64, **floats)
+
+takes the same arguments as the generated function and returns the [M, N] result
+in `dtype` (float64 by default: the exact answer to compare kernels against; the
+input dtype gives "PyTorch computed in the same dtype"). `epilogue` runs the
+epilogue alone on a given accumulator, which `kgen.testing` uses to see how an
+error in the GEMM propagates through the epilogue.
+
+Semantics shared with the kernel: float params and numeric constants are fp32 values
+(the kernel receives and computes in fp32), tensors are read in their own dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from kgen.ir import Gemm, Kernel, Kind, Role
+from kgen.ops import OPS, ArgType
+
+
+def _fp32(value: float) -> float:
+    """A Python float as the kernel sees it: rounded to fp32 (1e39 becomes inf)."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+def bind(kernel: Kernel, args: Sequence[Any], floats: Mapping[str, Any]) -> dict[str, Any]:
+    """Name every operand of a call `f(x, weight, [bias], *tensors, **floats)`."""
+    names = (
+        ["x", "weight"] + (["bias"] if kernel.has_bias else []) + [t.name for t in kernel.tensors]
+    )
+    if len(args) != len(names):
+        raise TypeError(
+            f"{kernel.name} takes {len(names)} tensors ({', '.join(names)}), got {len(args)}"
+        )
+    values: dict[str, Any] = dict(zip(names, args, strict=False))
+    unknown = set(floats) - {f.name for f in kernel.floats}
+    if unknown:
+        raise TypeError(f"{kernel.name} has no float param {sorted(unknown)}")
+    for f in kernel.floats:
+        value = floats.get(f.name, f.default)
+        if value is None:
+            raise TypeError(f"{kernel.name} needs the float param '{f.name}'")
+        values[f.name] = float(value)
+    return values
+
+
+def gemm(kernel: Kernel, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    w = weight.to(dtype)
+    return x.to(dtype) @ (w.T if kernel.gemm is Gemm.LINEAR else w)
+
+
+def _shaped(kernel: Kernel, name: str, value: Any, dtype: torch.dtype) -> Any:
+    operand = kernel.operand(name)
+    if operand.role is Role.FLOAT:
+        return _fp32(value)
+    t = value.to(dtype)
+    if operand.kind is Kind.COL:
+        return t.reshape(1, -1)
+    if operand.kind is Kind.ROW:
+        return t.reshape(-1, 1)
+    return t
+
+
+def epilogue(kernel: Kernel, acc: torch.Tensor, operands: Mapping[str, Any]) -> torch.Tensor:
+    """The epilogue on the accumulator `acc` ([M, N]), in acc's dtype."""
+    dtype = acc.dtype
+    values: list[Any] = []
+    for instr in kernel.body:
+        if instr.op == "gemm":
+            value: Any = acc
+        elif instr.op == "const":
+            value = _fp32(float(instr.attr))  # type: ignore[arg-type]
+        elif instr.op in ("arg", "load"):
+            value = _shaped(kernel, str(instr.attr), operands[str(instr.attr)], dtype)
+        else:
+            opdef = OPS[instr.op]
+            args = []
+            for type_, a in zip(opdef.arg_types, instr.args, strict=False):
+                v = values[a]
+                if type_ is ArgType.SCALAR:
+                    v = float(v)
+                elif not isinstance(v, torch.Tensor):
+                    v = torch.tensor(v, dtype=dtype)
+                args.append(v)
+            value = opdef.reference(*args)
+            if isinstance(value, torch.Tensor) and not instr.boolean:
+                value = value.to(dtype)
+        values.append(value)
+    result = values[kernel.result]
+    if not isinstance(result, torch.Tensor):
+        result = torch.tensor(result, dtype=dtype)
+    return result.to(dtype).expand(acc.shape).contiguous()
+
+
+def evaluate(
+    kernel: Kernel, *args: Any, dtype: torch.dtype = torch.float64, **floats: Any
+) -> torch.Tensor:
+    """The spec's result for the arguments of its generated function, computed in `dtype`."""
+    operands = bind(kernel, args, floats)
+    acc = gemm(kernel, operands["x"], operands["weight"], dtype)
+    return epilogue(kernel, acc, operands)

@@ -1,0 +1,190 @@
+"""Hand-written Triton math the epilogue ops lower to (used by `ops` and `emit`).
+
+Each helper is a `@triton.jit` function emitted into a generated module only if an op
+of its spec needs it (with the helpers it calls). All take and return fp32 and are
+written to be stable for every finite input -- no overflow to Inf or NaN where the
+true result is finite -- and to propagate NaN the way torch does: comparisons with
+NaN are false, so every `tl.where` below is ordered to let NaN fall through to an
+arithmetic branch. `tl.maximum`/`tl.minimum` drop NaN and are never used.
+
+Formulas and their checks: shared/notes/triton-facts.md ("Math available in tl").
+Accuracy targets: a few fp32 ulps, relative, away from the op's zeros; absolute
+near them. tests/test_numerics.py checks every helper against torch in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Helper:
+    name: str
+    source: str
+    deps: tuple[str, ...] = ()
+
+
+_HELPERS = [
+    Helper(
+        "_sigmoid",
+        """
+@triton.jit
+def _sigmoid(x):
+    # exp(-|x|) never overflows; for x < 0 use e / (1 + e) so tiny results keep
+    # their relative precision instead of cancelling in 1 - 1 / (1 + e).
+    e = tl.exp(-tl.abs(x))
+    r = 1.0 / (1.0 + e)
+    return tl.where(x >= 0.0, r, e * r)
+""",
+    ),
+    Helper(
+        "_tanh",
+        """
+@triton.jit
+def _tanh(x):
+    # (1 - e) / (1 + e) with e = exp(-2|x|) cannot overflow; below |x| = 0.125 its
+    # cancellation costs bits, so use the odd Taylor polynomial there (error < 2e-9).
+    a = tl.abs(x)
+    e = tl.exp(-2.0 * a)
+    t = (1.0 - e) / (1.0 + e)
+    x2 = x * x
+    p = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))))
+    return tl.where(a < 0.125, p, tl.where(x < 0.0, -t, t))
+""",
+    ),
+    Helper(
+        "_log1p",
+        """
+@triton.jit
+def _log1p(x):
+    # log(1 + x) loses relative precision for small |x|; below 0.1 use the series
+    # to x^7 (relative error < 2e-8). Callers pass x > -1.
+    p = x * (1.0 + x * (-1.0 / 2.0 + x * (1.0 / 3.0 + x * (-1.0 / 4.0 + x * (
+        1.0 / 5.0 + x * (-1.0 / 6.0 + x * (1.0 / 7.0)))))))
+    return tl.where(tl.abs(x) < 0.1, p, tl.log(1.0 + x))
+""",
+    ),
+    Helper(
+        "_expm1",
+        """
+@triton.jit
+def _expm1(x):
+    # exp(x) - 1 cancels for small |x|; below 0.5 use the series to x^8
+    # (relative error < 2e-7).
+    p = x * (1.0 + x * (1.0 / 2.0 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (
+        1.0 / 120.0 + x * (1.0 / 720.0 + x * (1.0 / 5040.0 + x * (1.0 / 40320.0))))))))
+    return tl.where(tl.abs(x) < 0.5, p, tl.exp(x) - 1.0)
+""",
+    ),
+    Helper(
+        "_softplus",
+        """
+@triton.jit
+def _softplus(x, beta, threshold):
+    # torch: x where beta * x > threshold, else log1p(exp(beta * x)) / beta, computed
+    # as max(z, 0) + log1p(exp(-|z|)) so exp never overflows.
+    z = x * beta
+    sp = tl.where(z > 0.0, z, 0.0) + _log1p(tl.exp(-tl.abs(z)))
+    return tl.where(z > threshold, x, sp / beta)
+""",
+        ("_log1p",),
+    ),
+    Helper(
+        "_logsigmoid",
+        """
+@triton.jit
+def _logsigmoid(x):
+    # min(x, 0) - log1p(exp(-|x|)): no overflow, full precision in both tails.
+    return tl.where(x < 0.0, x, 0.0) - _log1p(tl.exp(-tl.abs(x)))
+""",
+        ("_log1p",),
+    ),
+    Helper(
+        "_clamp",
+        """
+@triton.jit
+def _clamp(x, lo, hi):
+    # torch.clamp: min(max(x, lo), hi), so hi wins when lo > hi; NaN x stays NaN.
+    t = tl.where(x < lo, lo, x)
+    return tl.where(t > hi, hi, t)
+""",
+    ),
+    Helper(
+        "_minimum",
+        """
+@triton.jit
+def _minimum(x, v):
+    # torch.minimum: NaN in either operand gives NaN.
+    return tl.where((x < v) | (x != x), x, v)
+""",
+    ),
+    Helper(
+        "_maximum",
+        """
+@triton.jit
+def _maximum(x, v):
+    # torch.maximum: NaN in either operand gives NaN.
+    return tl.where((x > v) | (x != x), x, v)
+""",
+    ),
+    Helper(
+        "_gelu",
+        """
+@triton.jit
+def _gelu(x):
+    # exact GELU (F.gelu's default): 0.5 x (1 + erf(x / sqrt(2)))
+    return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+""",
+    ),
+    Helper(
+        "_gelu_tanh",
+        """
+@triton.jit
+def _gelu_tanh(x):
+    # F.gelu(x, approximate="tanh"): 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+    inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    return 0.5 * x * (1.0 + _tanh(inner))
+""",
+        ("_tanh",),
+    ),
+    Helper(
+        "_elu",
+        """
+@triton.jit
+def _elu(x, alpha):
+    return tl.where(x > 0.0, x, alpha * _expm1(x))
+""",
+        ("_expm1",),
+    ),
+    Helper(
+        "_hardsigmoid",
+        """
+@triton.jit
+def _hardsigmoid(x):
+    # torch: relu6(x + 3) / 6
+    return _clamp(x + 3.0, 0.0, 6.0) * (1.0 / 6.0)
+""",
+        ("_clamp",),
+    ),
+]
+
+HELPERS: dict[str, Helper] = {h.name: h for h in _HELPERS}
+
+
+def closure(names: set[str]) -> list[Helper]:
+    """The helpers named and everything they call, callees first, in a stable order."""
+    ordered: list[Helper] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        helper = HELPERS[name]
+        for dep in helper.deps:
+            visit(dep)
+        ordered.append(helper)
+
+    for name in sorted(names):
+        visit(name)
+    return ordered
