@@ -26,8 +26,34 @@ def _clamp(x, lo, hi):
 
 @triton.jit
 def _gelu(x):
-    # exact GELU (F.gelu's default): 0.5 x (1 + erf(x / sqrt(2)))
-    return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+    # exact GELU (F.gelu's default): x * Phi(x), Phi(x) = erfc(-x / sqrt(2)) / 2.
+    # For x >= 0, 1 + erf(x / sqrt(2)) is accurate; for x < 0 it cancels (torch's fp32
+    # gelu loses all digits below x = -5), so there use erfc's Chebyshev fit from
+    # Numerical Recipes (erfcc, relative error < 1.2e-7 everywhere).
+    z = x * -0.7071067811865476
+    t = 1.0 / (1.0 + 0.5 * z)
+    p = -1.26551223 + t * (
+        1.00002368
+        + t
+        * (
+            0.37409196
+            + t
+            * (
+                0.09678418
+                + t
+                * (
+                    -0.18628806
+                    + t
+                    * (
+                        0.27886807
+                        + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))
+                    )
+                )
+            )
+        )
+    )
+    erfc = t * tl.exp(p - z * z)
+    return tl.where(x >= 0.0, 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476)), 0.5 * x * erfc)
 
 
 @triton.jit
@@ -78,25 +104,27 @@ def gemm_scale_hardtanh_gelu_kernel(
     x_ptrs = x_ptr + (offs_xm[:, None] * stride_xm + offs_k[None, :] * stride_xk)
     w_ptrs = weight_ptr + (offs_k[:, None] * stride_wk + offs_wn[None, :] * stride_wn)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        k_mask = offs_k < K - k * BLOCK_K
-        a = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
-        b = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
-        if a.dtype == tl.float32:
-            acc = tl.dot(a, b, acc, input_precision="tf32x3")
+    for k_step in range(0, tl.cdiv(K, BLOCK_K)):
+        k_mask = offs_k < K - k_step * BLOCK_K
+        x_tile = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
+        w_tile = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
+        if x_tile.dtype == tl.float32:
+            acc = tl.dot(x_tile, w_tile, acc, input_precision="tf32x3")
         elif UPCAST_DOT:
             # The interpreter's tl.dot is wrong for bf16 (triton#11584); products of
             # 16-bit values are exact in fp32, so the upcast changes nothing else.
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            x_tile = x_tile.to(tl.float32)
+            w_tile = w_tile.to(tl.float32)
+            acc = tl.dot(x_tile, w_tile, acc, input_precision="ieee")
         else:
-            acc = tl.dot(a, b, acc)
+            acc = tl.dot(x_tile, w_tile, acc)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
     # -- epilogue: fp32, in registers
     mask_m = offs_m < M
     mask_n = offs_n < N
-    mask = mask_m[:, None] & mask_n[None, :]
+    mask_mn = mask_m[:, None] & mask_n[None, :]
     # src[gemm_scale_hardtanh_gelu.fuse:7]: epilogue: bias; scale(scaling_factor); hardtanh(hardtanh_min, hardtanh_max); gelu
     bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
         None, :
@@ -106,7 +134,7 @@ def gemm_scale_hardtanh_gelu_kernel(
     hardtanh_7 = _clamp(mul_4, hardtanh_min, hardtanh_max)
     gelu_8 = _gelu(hardtanh_7)
     out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-    tl.store(out_ptrs, gelu_8.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptrs, gelu_8.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -188,9 +216,7 @@ def _launch(config, x, weight, bias, scaling_factor, hardtanh_min, hardtanh_max)
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if M == 0 or N == 0:
         return out
-    block_m, block_n, block_k, group_m, num_warps, num_stages = config
-    grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
-    gemm_scale_hardtanh_gelu_kernel[grid](
+    gemm_scale_hardtanh_gelu_kernel[(triton.cdiv(M, config[0]) * triton.cdiv(N, config[1]),)](
         x,
         weight,
         bias,
@@ -208,13 +234,13 @@ def _launch(config, x, weight, bias, scaling_factor, hardtanh_min, hardtanh_max)
         scaling_factor,
         hardtanh_min,
         hardtanh_max,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-        GROUP_M=group_m,
+        BLOCK_M=config[0],
+        BLOCK_N=config[1],
+        BLOCK_K=config[2],
+        GROUP_M=config[3],
         UPCAST_DOT=_INTERPRET,
-        num_warps=num_warps,
-        num_stages=num_stages,
+        num_warps=config[4],
+        num_stages=config[5],
     )
     return out
 

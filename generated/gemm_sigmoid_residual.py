@@ -69,25 +69,27 @@ def gemm_sigmoid_residual_kernel(
     x_ptrs = x_ptr + (offs_xm[:, None] * stride_xm + offs_k[None, :] * stride_xk)
     w_ptrs = weight_ptr + (offs_k[:, None] * stride_wk + offs_wn[None, :] * stride_wn)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        k_mask = offs_k < K - k * BLOCK_K
-        a = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
-        b = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
-        if a.dtype == tl.float32:
-            acc = tl.dot(a, b, acc, input_precision="tf32x3")
+    for k_step in range(0, tl.cdiv(K, BLOCK_K)):
+        k_mask = offs_k < K - k_step * BLOCK_K
+        x_tile = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
+        w_tile = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
+        if x_tile.dtype == tl.float32:
+            acc = tl.dot(x_tile, w_tile, acc, input_precision="tf32x3")
         elif UPCAST_DOT:
             # The interpreter's tl.dot is wrong for bf16 (triton#11584); products of
             # 16-bit values are exact in fp32, so the upcast changes nothing else.
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            x_tile = x_tile.to(tl.float32)
+            w_tile = w_tile.to(tl.float32)
+            acc = tl.dot(x_tile, w_tile, acc, input_precision="ieee")
         else:
-            acc = tl.dot(a, b, acc)
+            acc = tl.dot(x_tile, w_tile, acc)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
     # -- epilogue: fp32, in registers
     mask_m = offs_m < M
     mask_n = offs_n < N
-    mask = mask_m[:, None] & mask_n[None, :]
+    mask_mn = mask_m[:, None] & mask_n[None, :]
     # src[gemm_sigmoid_residual.fuse:4]: epilogue: bias; sigmoid_residual(scaling_factor)
     bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
         None, :
@@ -95,7 +97,7 @@ def gemm_sigmoid_residual_kernel(
     bias_2 = acc + bias_1
     sigmoid_residual_4 = bias_2 + scaling_factor * _sigmoid(bias_2)
     out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-    tl.store(out_ptrs, sigmoid_residual_4.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptrs, sigmoid_residual_4.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -177,9 +179,7 @@ def _launch(config, x, weight, bias, scaling_factor):
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if M == 0 or N == 0:
         return out
-    block_m, block_n, block_k, group_m, num_warps, num_stages = config
-    grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
-    gemm_sigmoid_residual_kernel[grid](
+    gemm_sigmoid_residual_kernel[(triton.cdiv(M, config[0]) * triton.cdiv(N, config[1]),)](
         x,
         weight,
         bias,
@@ -195,13 +195,13 @@ def _launch(config, x, weight, bias, scaling_factor):
         out.stride(1),
         bias.stride(0),
         scaling_factor,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-        GROUP_M=group_m,
+        BLOCK_M=config[0],
+        BLOCK_N=config[1],
+        BLOCK_K=config[2],
+        GROUP_M=config[3],
         UPCAST_DOT=_INTERPRET,
-        num_warps=num_warps,
-        num_stages=num_stages,
+        num_warps=config[4],
+        num_stages=config[5],
     )
     return out
 

@@ -74,76 +74,10 @@ from kgen.syntax import (
 # Identifiers the generated module uses for itself (kernel, launcher, nn.Module).
 # A spec may not name anything after them; names starting with "_", ending in
 # "_ptr" or starting with "stride_" are reserved too (see `_check_name`).
-RESERVED: frozenset[str] = frozenset(
-    [
-        "acc",
-        "x",
-        "weight",
-        "bias",
-        "out",
-        "M",
-        "N",
-        "K",
-        "self",
-        "tl",
-        "triton",
-        "torch",
-        "nn",
-        "math",
-        "float",
-        "int",
-        "bool",
-        "min",
-        "max",
-        "range",
-        "len",
-        "pid",
-        "num_pid_m",
-        "num_pid_n",
-        "num_pid_in_group",
-        "group_id",
-        "first_pid_m",
-        "group_size_m",
-        "pid_m",
-        "pid_n",
-        "offs_m",
-        "offs_n",
-        "offs_k",
-        "offs_xm",
-        "offs_wn",
-        "x_ptrs",
-        "w_ptrs",
-        "k",
-        "k_mask",
-        "a",
-        "b",
-        "a_hi",
-        "a_lo",
-        "b_hi",
-        "b_lo",
-        "mask_m",
-        "mask_n",
-        "mask",
-        "out_ptrs",
-        "grid",
-        "config",
-        "block_m",
-        "block_n",
-        "block_k",
-        "group_m",
-        "num_warps",
-        "num_stages",
-        "BLOCK_M",
-        "BLOCK_N",
-        "BLOCK_K",
-        "GROUP_M",
-        "UPCAST_DOT",
-        "ModelNew",
-        "forward",
-        "linear",
-        "true",
-        "false",
-    ]
+RESERVED: frozenset[str] = frozenset(["acc", "x", "weight", "bias", "out", "M", "N", "K", "config", "self", "true", "false", "tl", "triton", "torch", "nn", "super", "float", "min", "range", "linear", "ModelNew", "pid", "num_pid_m", "num_pid_n", "num_pid_in_group", "group_id", "first_pid_m", "group_size_m", "pid_m", "pid_n", "offs_m", "offs_n", "offs_k", "offs_xm", "offs_wn", "x_ptrs", "w_ptrs", "x_tile", "w_tile", "k_step", "k_mask", "mask_m", "mask_n", "mask_mn", "out_ptrs", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "UPCAST_DOT"])
+# Params become attributes of the generated nn.Module: they must not replace its own.
+MODULE_ATTRIBUTES: frozenset[str] = frozenset(
+    n for n in dir(torch.nn.Module) if not n.startswith("_")
 )
 
 _VALUE_INITS = ("randn", "zeros", "ones")
@@ -424,7 +358,6 @@ class _Analyzer:
                     f"parameter '{pname.name}' shadows the {self.operands[pname.name].role.value} declared at {self.operands[pname.name].span}",
                     "rename the parameter",
                 )
-            self._check_name(pname, "parameter")
             seen[pname.name] = pname.span
         with_default = None
         for param in stmt.params:
@@ -467,6 +400,8 @@ class _Analyzer:
             why = "is a boolean"
         elif n in RESERVED:
             why = "is used by the generated module"
+        elif n in MODULE_ATTRIBUTES:
+            why = "is an attribute of torch.nn.Module, which the generated module is"
         if why is not None:
             raise NameClashError(name.span, f"the {what} '{n}' {why}", "pick another name")
 

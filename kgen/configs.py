@@ -42,12 +42,9 @@ def choose_config(M: int, N: int, K: int, dtype: torch.dtype) -> Config:
 
 def source() -> str:
     """`choose_config`'s source, renamed `_config`, for the generated module."""
-    text = inspect.getsource(choose_config)
-    text = text.replace(
-        "def choose_config(M: int, N: int, K: int, dtype: torch.dtype) -> Config:",
-        "def _config(M, N, K, dtype):",
-    )
-    return text
+    head, body = inspect.getsource(choose_config).split("\n", 1)
+    assert head.startswith("def choose_config(") and head.endswith(":"), head
+    return "def _config(M, N, K, dtype):\n" + body
 
 
 def is_valid(config: Config) -> bool:

@@ -107,7 +107,7 @@ def _load(operand: Operand) -> str:
         )
     return (
         f"tl.load({ptr} + (offs_m[:, None] * stride_{operand.name}_m"
-        f" + offs_n[None, :] * stride_{operand.name}_n), mask=mask, other=0.0).to(tl.float32)"
+        f" + offs_n[None, :] * stride_{operand.name}_n), mask=mask_mn, other=0.0).to(tl.float32)"
     )
 
 
@@ -134,32 +134,34 @@ _MAINLOOP = """
     x_ptrs = x_ptr + (offs_xm[:, None] * stride_xm + offs_k[None, :] * stride_xk)
     w_ptrs = weight_ptr + (offs_k[:, None] * stride_wk + offs_wn[None, :] * stride_wn)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        k_mask = offs_k < K - k * BLOCK_K
-        a = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
-        b = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
-        if a.dtype == tl.float32:
+    for k_step in range(0, tl.cdiv(K, BLOCK_K)):
+        k_mask = offs_k < K - k_step * BLOCK_K
+        x_tile = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
+        w_tile = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
+        if x_tile.dtype == tl.float32:
             {fp32_dot}
         elif UPCAST_DOT:
             # The interpreter's tl.dot is wrong for bf16 (triton#11584); products of
             # 16-bit values are exact in fp32, so the upcast changes nothing else.
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            x_tile = x_tile.to(tl.float32)
+            w_tile = w_tile.to(tl.float32)
+            acc = tl.dot(x_tile, w_tile, acc, input_precision="ieee")
         else:
-            acc = tl.dot(a, b, acc)
+            acc = tl.dot(x_tile, w_tile, acc)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
     # -- epilogue: fp32, in registers
     mask_m = offs_m < M
     mask_n = offs_n < N
-    mask = mask_m[:, None] & mask_n[None, :]
+    mask_mn = mask_m[:, None] & mask_n[None, :]
 """
 
 _FP32_DOT = {
-    "tf32x3": 'acc = tl.dot(a, b, acc, input_precision="tf32x3")',
-    "tf32": 'acc = tl.dot(a, b, acc, input_precision="tf32")',
-    "ieee": 'acc = tl.dot(a, b, acc, input_precision="ieee")',
-    "bf16x3": "acc = _dot_bf16x3(a, b, acc, UPCAST_DOT)",
+    "tf32x3": 'acc = tl.dot(x_tile, w_tile, acc, input_precision="tf32x3")',
+    "tf32": 'acc = tl.dot(x_tile, w_tile, acc, input_precision="tf32")',
+    "ieee": 'acc = tl.dot(x_tile, w_tile, acc, input_precision="ieee")',
+    "bf16x3": "acc = _dot_bf16x3(x_tile, w_tile, acc, UPCAST_DOT)",
 }
 
 _DOT_BF16X3 = """
@@ -207,11 +209,13 @@ def _epilogue(kernel: Kernel) -> Iterator[str]:
             expr = _load(kernel.operand(str(instr.attr)))
         else:
             args = [names[a] for a in instr.args]
-            x = kernel.value(instr.args[0])
-            if x.op == "const":
+            opdef = OPS[instr.op]
+            if kernel.value(instr.args[0]).op == "const" and (
+                opdef.helpers or "tl." in opdef.triton
+            ):
                 # helpers apply tl functions to x; give them a tensor, not a constexpr
                 args[0] = f"tl.full([], {args[0]}, tl.float32)"
-            expr = OPS[instr.op].lower(args)
+            expr = opdef.lower(args)
         names[instr.id] = name
         yield f"    {name} = {expr}"
     result = kernel.value(kernel.result)
@@ -219,7 +223,7 @@ def _epilogue(kernel: Kernel) -> Iterator[str]:
     if result.kind is not Kind.TILE:
         value = f"({value} + tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))"
     yield "    out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)"
-    yield f"    tl.store(out_ptrs, {value}.to(out_ptr.dtype.element_ty), mask=mask)"
+    yield f"    tl.store(out_ptrs, {value}.to(out_ptr.dtype.element_ty), mask=mask_mn)"
 
 
 def _kernel(kernel: Kernel) -> str:
@@ -343,17 +347,15 @@ def _launcher(kernel: Kernel) -> str:
         f"    out = torch.empty((M, N), device=x.device, dtype={out_dtype})",
         "    if M == 0 or N == 0:",
         "        return out",
-        "    block_m, block_n, block_k, group_m, num_warps, num_stages = config",
-        "    grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)",
-        f"    {kernel.name}_kernel[grid](",
+        f"    {kernel.name}_kernel[(triton.cdiv(M, config[0]) * triton.cdiv(N, config[1]),)](",
         *(f"        {a}," for a in kernel_args),
-        "        BLOCK_M=block_m,",
-        "        BLOCK_N=block_n,",
-        "        BLOCK_K=block_k,",
-        "        GROUP_M=group_m,",
+        "        BLOCK_M=config[0],",
+        "        BLOCK_N=config[1],",
+        "        BLOCK_K=config[2],",
+        "        GROUP_M=config[3],",
         "        UPCAST_DOT=_INTERPRET,",
-        "        num_warps=num_warps,",
-        "        num_stages=num_stages,",
+        "        num_warps=config[4],",
+        "        num_stages=config[5],",
         "    )",
         "    return out",
     ]

@@ -238,7 +238,9 @@ _OPS: list[OpDef] = [
     _op(
         "gelu",
         "exact GELU, 0.5 x (1 + erf(x / sqrt(2))): F.gelu's default",
-        F.gelu,
+        # F.gelu's definition in a form that keeps its digits where F.gelu's own
+        # `1 + erf(...)` cancels (x below about -5, even in float64)
+        lambda x: 0.5 * x * torch.special.erfc(x * -0.7071067811865476),
         "_gelu({x})",
         Group.ACTIVATION,
         helpers=("_gelu",),
@@ -246,7 +248,8 @@ _OPS: list[OpDef] = [
     _op(
         "gelu_tanh",
         'tanh-approximated GELU, F.gelu(x, approximate="tanh")',
-        lambda x: F.gelu(x, approximate="tanh"),
+        # the same, with 0.5 (1 + tanh(u)) = sigmoid(2 u): no cancellation for x < 0
+        lambda x: x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x)),
         "_gelu_tanh({x})",
         Group.ACTIVATION,
         helpers=("_gelu_tanh",),

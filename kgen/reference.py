@@ -15,7 +15,7 @@ Semantics shared with the kernel: float params and numeric constants are fp32 va
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -67,8 +67,21 @@ def _shaped(kernel: Kernel, name: str, value: Any, dtype: torch.dtype) -> Any:
     return t
 
 
-def epilogue(kernel: Kernel, acc: torch.Tensor, operands: Mapping[str, Any]) -> torch.Tensor:
-    """The epilogue on the accumulator `acc` ([M, N]), in acc's dtype."""
+Hook = Callable[[torch.Tensor], torch.Tensor]
+
+
+def epilogue(
+    kernel: Kernel,
+    acc: torch.Tensor,
+    operands: Mapping[str, Any],
+    hook: Hook | None = None,
+) -> torch.Tensor:
+    """The epilogue on the accumulator `acc` ([M, N]), in acc's dtype.
+
+    `hook`, if given, sees (and may replace) every numeric value after the
+    accumulator -- operands, constants, op results: `kgen.testing` uses it to attach
+    an error term to each and bound how rounding in the epilogue moves the result.
+    """
     dtype = acc.dtype
     values: list[Any] = []
     for instr in kernel.body:
@@ -84,13 +97,15 @@ def epilogue(kernel: Kernel, acc: torch.Tensor, operands: Mapping[str, Any]) -> 
             for type_, a in zip(opdef.arg_types, instr.args, strict=False):
                 v = values[a]
                 if type_ is ArgType.SCALAR:
-                    v = float(v)
+                    v = float(v.reshape(-1)[0]) if isinstance(v, torch.Tensor) else float(v)
                 elif not isinstance(v, torch.Tensor):
                     v = torch.tensor(v, dtype=dtype)
                 args.append(v)
             value = opdef.reference(*args)
             if isinstance(value, torch.Tensor) and not instr.boolean:
                 value = value.to(dtype)
+        if hook is not None and instr.op != "gemm" and not instr.boolean:
+            value = hook(torch.as_tensor(value, dtype=dtype))
         values.append(value)
     result = values[kernel.result]
     if not isinstance(result, torch.Tensor):

@@ -132,8 +132,17 @@ def _maximum(x, v):
         """
 @triton.jit
 def _gelu(x):
-    # exact GELU (F.gelu's default): 0.5 x (1 + erf(x / sqrt(2)))
-    return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+    # exact GELU (F.gelu's default): x * Phi(x), Phi(x) = erfc(-x / sqrt(2)) / 2.
+    # For x >= 0, 1 + erf(x / sqrt(2)) is accurate; for x < 0 it cancels (torch's fp32
+    # gelu loses all digits below x = -5), so there use erfc's Chebyshev fit from
+    # Numerical Recipes (erfcc, relative error < 1.2e-7 everywhere).
+    z = x * -0.7071067811865476
+    t = 1.0 / (1.0 + 0.5 * z)
+    p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+        -0.82215223 + t * 0.17087277))))))))
+    erfc = t * tl.exp(p - z * z)
+    return tl.where(x >= 0.0, 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476)), 0.5 * x * erfc)
 """,
     ),
     Helper(
@@ -141,11 +150,11 @@ def _gelu(x):
         """
 @triton.jit
 def _gelu_tanh(x):
-    # F.gelu(x, approximate="tanh"): 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
-    inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-    return 0.5 * x * (1.0 + _tanh(inner))
+    # F.gelu(x, approximate="tanh") = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))),
+    # rewritten with 0.5 (1 + tanh(u)) = sigmoid(2 u), which does not cancel for x < 0.
+    return x * _sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
 """,
-        ("_tanh",),
+        ("_sigmoid",),
     ),
     Helper(
         "_elu",

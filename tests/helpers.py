@@ -1,0 +1,50 @@
+"""Loading generated modules, and calling them the way users do."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import itertools
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from kgen.build import Compiled, compile_spec, read_spec, write_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = sorted((ROOT / "specs").glob("*.fuse"))
+GENERATED = ROOT / "generated"
+
+# Tests that run in both tiers: the "cuda" case only in the GPU tier (`pytest -m gpu`).
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+
+_counter = itertools.count()
+
+
+def import_file(path: Path) -> ModuleType:
+    """Import a module from a real file (the GPU compiler needs the source on disk)."""
+    name = f"kgen_test_module_{path.stem}_{next(_counter)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.cache
+def committed(name: str) -> tuple[Compiled, ModuleType]:
+    """A spec of specs/ compiled in memory, with its committed module from generated/."""
+    path = ROOT / "specs" / f"{name}.fuse"
+    compiled = compile_spec(read_spec(path), path.name)
+    return compiled, import_file(GENERATED / f"{compiled.kernel.name}.py")
+
+
+def build_and_import(
+    text: str, directory: Path, filename: str = "spec.fuse"
+) -> tuple[Compiled, ModuleType]:
+    """Compile spec text, write the module under `directory`, import it."""
+    compiled = compile_spec(text, filename)
+    path = directory / f"{compiled.kernel.name}_{next(_counter)}.py"
+    write_atomic(path, compiled.source)
+    return compiled, import_file(path)

@@ -1,0 +1,141 @@
+"""Every op's Triton lowering against torch in float64, over the whole fp32 range.
+
+Each op is built through the real pipeline as a one-step spec whose GEMM is
+x[M, 1] @ [[1]], so the accumulator is exactly the test value. Values cover zeros,
+tiny and huge magnitudes, each op's switch points, and +-Inf and NaN. Checked:
+
+- NaN exactly where torch gives NaN, never for a finite input where torch is finite;
+- infinities exactly where torch's float64 result overflows fp32;
+- elsewhere, relative error <= (ULPS + COND_ULPS * kappa) * 2^-24, with kappa the
+  condition number |x f'(x) / f(x)|: the result must be exact for an input within
+  a few ulps of the true one (what fp32 exp(80) can achieve, and no more).
+
+This is what `kgen.testing` assumes of each op (EPILOGUE_ULPS), and what the GPU
+tier measures for the GPU's approximate exp, log and division.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import DEVICES, build_and_import
+
+from kgen import ops
+
+ULPS = 8.0
+COND_ULPS = 4.0
+FP32 = torch.finfo(torch.float32)
+
+_MAGNITUDES = [0.0, 1e-38, 1e-30, 1e-20, 1e-10, 1e-7, 1e-4, 1e-3, 0.01, 0.1, 0.124, 0.125, 0.126]
+_MAGNITUDES += [0.3, 0.4999, 0.5, 0.5001, 0.7, 1.0, 1.5, 2.0, 2.9999, 3.0, 3.0001, 4.0, 5.0, 6.0]
+_MAGNITUDES += [
+    7.5,
+    10.0,
+    15.0,
+    19.99,
+    20.0,
+    20.01,
+    30.0,
+    44.0,
+    45.0,
+    80.0,
+    88.0,
+    88.8,
+    89.0,
+    100.0,
+]
+_MAGNITUDES += [1e3, 1e4, 1e6, 1e10, 1e20, 1e30, 1e38, FP32.max]
+VALUES = torch.tensor(
+    sorted({s * m for m in _MAGNITUDES for s in (1.0, -1.0)}) + [math.inf, -math.inf, math.nan],
+    dtype=torch.float32,
+)
+
+# (step as written in the spec, torch reference in float64) for each public op.
+_VECTOR = "0.75"  # the argument of binary ops: a constant keeps acc the only input
+
+
+def _cases() -> list[str]:
+    steps = []
+    for name in ops.public_names():
+        op = ops.lookup(name)
+        assert op is not None
+        if not op.step or op.implicit or any(p.type is ops.ArgType.TILE for p in op.params):
+            continue  # where, bias and residual are arithmetic on other tensors
+        args = [_VECTOR if p.default is None else repr(p.default) for p in op.params]
+        steps.append(f"{name}({', '.join(args)})" if args else name)
+        if name in ("softplus", "elu", "celu", "leaky_relu", "hardtanh"):
+            variants = {
+                "softplus": "softplus(beta=-2, threshold=5)",
+                "elu": "elu(0.3)",
+                "celu": "celu(alpha=3)",
+                "leaky_relu": "leaky_relu(-0.5)",
+                "hardtanh": "hardtanh(2, -2)",
+            }
+            steps.append(variants[name])
+    return steps
+
+
+CASES = _cases()
+
+
+def _condition(op_step: str, compiled: object, values: torch.Tensor) -> torch.Tensor:
+    from kgen import reference
+
+    kernel = compiled.kernel  # type: ignore[attr-defined]
+    x = values.to(torch.float64).reshape(-1, 1).clone().requires_grad_(True)
+    y = reference.epilogue(kernel, x, {})
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    with torch.no_grad():
+        return (x * grad / y).abs().nan_to_num(nan=0.0, posinf=math.inf).reshape(-1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("step", CASES)
+def test_op_accuracy(step: str, device: str, tmp_path) -> None:
+    compiled, module = build_and_import(
+        f"gemm: linear(1, 1, bias=false)\nepilogue: {step}\n", tmp_path, "op.fuse"
+    )
+    x = VALUES.reshape(-1, 1).to(device)
+    weight = torch.ones(1, 1, device=device)
+    out = getattr(module, compiled.kernel.name)(x, weight).reshape(-1).cpu().double()
+
+    from kgen import reference
+
+    exact = reference.epilogue(compiled.kernel, VALUES.double().reshape(-1, 1), {}).reshape(-1)
+    expected = exact.to(torch.float32).double()  # overflow where fp32 overflows
+    finite_in = torch.isfinite(VALUES)
+    nan_exp, nan_got = torch.isnan(expected), torch.isnan(out)
+    bad_nan = (nan_got != nan_exp) & finite_in
+    assert not bad_nan.any(), f"{step}: NaN mismatch at x = {VALUES[bad_nan].tolist()}"
+    # infinite inputs: NaN where torch gives NaN, otherwise torch's value
+    inf_in = torch.isinf(VALUES)
+    for i in torch.nonzero(inf_in).reshape(-1).tolist():
+        if not (nan_exp[i] and nan_got[i]):
+            assert (
+                out[i] == expected[i]
+            ), f"{step}({VALUES[i].item()}) = {out[i]}, torch {expected[i]}"
+    inf_exp = torch.isinf(expected) & finite_in
+    assert torch.equal(out[inf_exp], expected[inf_exp]), f"{step}: overflow mismatch"
+
+    check = finite_in & torch.isfinite(expected) & (expected.abs() > FP32.tiny)
+    kappa = _condition(step, compiled, VALUES)
+    rel = ((out - exact).abs() / exact.abs())[check]
+    limit = ((ULPS + COND_ULPS * kappa) * 2.0**-24)[check]
+    worst = int(torch.argmax(rel / limit))
+    xs = VALUES[check]
+    assert bool((rel <= limit).all()), (
+        f"{step}({xs[worst].item()!r}) = {out[check][worst].item()!r}, exact "
+        f"{exact[check][worst].item()!r}: {rel[worst].item() / 2**-24:.1f} ulps, allowed "
+        f"{limit[worst].item() / 2**-24:.1f}"
+    )
+    # results that underflow: absolute error at the scale of the smallest normal
+    tiny = finite_in & torch.isfinite(expected) & ~check & ~nan_exp
+    assert bool(((out - exact).abs()[tiny] <= 2 * FP32.tiny).all()), f"{step}: underflow"
+
+
+def test_every_public_op_is_tested() -> None:
+    tested = {c.split("(")[0] for c in CASES}
+    skipped = {"where", "bias", "residual"}
+    assert tested | skipped == set(ops.public_names())
