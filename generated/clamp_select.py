@@ -114,7 +114,9 @@ def clamp_select_kernel(
         None, :
     ]
     bias_2 = acc + bias_1
-    clamp_5 = _clamp(bias_2, lo, hi)
+    lo_3 = tl.full([], lo, tl.float32)
+    hi_4 = tl.full([], hi, tl.float32)
+    clamp_5 = _clamp(bias_2, lo_3, hi_4)
     gt_7 = clamp_5 > 0.0
     mul_9 = 0.5 * clamp_5
     where_10 = tl.where(gt_7, clamp_5, mul_9)

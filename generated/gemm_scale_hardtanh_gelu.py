@@ -130,8 +130,11 @@ def gemm_scale_hardtanh_gelu_kernel(
         None, :
     ]
     bias_2 = acc + bias_1
-    mul_4 = bias_2 * scaling_factor
-    hardtanh_7 = _clamp(mul_4, hardtanh_min, hardtanh_max)
+    scaling_factor_3 = tl.full([], scaling_factor, tl.float32)
+    mul_4 = bias_2 * scaling_factor_3
+    hardtanh_min_5 = tl.full([], hardtanh_min, tl.float32)
+    hardtanh_max_6 = tl.full([], hardtanh_max, tl.float32)
+    hardtanh_7 = _clamp(mul_4, hardtanh_min_5, hardtanh_max_6)
     gelu_8 = _gelu(hardtanh_7)
     out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
     tl.store(out_ptrs, gelu_8.to(out_ptr.dtype.element_ty), mask=mask_mn)

@@ -116,7 +116,7 @@ def math_ops_kernel(
     rsqrt_6 = tl.rsqrt(add_5)
     mul_7 = add_2 * rsqrt_6
     abs_8 = tl.abs(mul_7)
-    neg_9 = -abs_8
+    neg_9 = abs_8 * -1.0
     exp_10 = tl.exp(neg_9)
     add_11 = 1.0 + exp_10
     log_12 = tl.log(add_11)
@@ -126,7 +126,8 @@ def math_ops_kernel(
     add_16 = log_12 + mul_15
     sigmoid_17 = _sigmoid(mul_7)
     sub_18 = add_16 - sigmoid_17
-    add_20 = abs_8 + eps
+    eps_19 = tl.full([], eps, tl.float32)
+    add_20 = abs_8 + eps_19
     sqrt_21 = tl.sqrt(add_20)
     add_22 = sub_18 + sqrt_21
     col_scale_23 = tl.load(col_scale_ptr + offs_n * stride_col_scale_n, mask=mask_n, other=0.0).to(

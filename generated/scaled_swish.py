@@ -135,8 +135,9 @@ def scaled_swish_kernel(
         None, :
     ]
     bias_2 = acc + bias_1
+    beta_3 = tl.full([], beta, tl.float32)
     # src[scaled_swish.fuse:10]: def swish_beta(b) = acc * sigmoid(b * acc)
-    mul_4 = beta * bias_2
+    mul_4 = beta_3 * bias_2
     sigmoid_5 = _sigmoid(mul_4)
     mul_6 = bias_2 * sigmoid_5
     # src[scaled_swish.fuse:12]: epilogue: bias; z = acc; swish_beta(beta); soft_cap(temperature * 5); acc = acc + 0.1 * z

@@ -93,7 +93,8 @@ def sigmoid_residual_kernel(
         None, :
     ]
     bias_2 = acc + bias_1
-    sigmoid_residual_4 = bias_2 + scale * _sigmoid(bias_2)
+    scale_3 = tl.full([], scale, tl.float32)
+    sigmoid_residual_4 = bias_2 + scale_3 * _sigmoid(bias_2)
     out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
     tl.store(out_ptrs, sigmoid_residual_4.to(out_ptr.dtype.element_ty), mask=mask_mn)
 

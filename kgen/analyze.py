@@ -13,6 +13,7 @@ here against Python's keywords and the identifiers the generated module uses its
 
 from __future__ import annotations
 
+import builtins
 import keyword
 import math
 from collections.abc import Sequence
@@ -74,13 +75,86 @@ from kgen.syntax import (
 # Identifiers the generated module uses for itself (kernel, launcher, nn.Module).
 # A spec may not name anything after them; names starting with "_", ending in
 # "_ptr" or starting with "stride_" are reserved too (see `_check_name`).
-RESERVED: frozenset[str] = frozenset(["acc", "x", "weight", "bias", "out", "M", "N", "K", "config", "self", "true", "false", "tl", "triton", "torch", "nn", "super", "float", "min", "range", "linear", "ModelNew", "pid", "num_pid_m", "num_pid_n", "num_pid_in_group", "group_id", "first_pid_m", "group_size_m", "pid_m", "pid_n", "offs_m", "offs_n", "offs_k", "offs_xm", "offs_wn", "x_ptrs", "w_ptrs", "x_tile", "w_tile", "k_step", "k_mask", "mask_m", "mask_n", "mask_mn", "out_ptrs", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "UPCAST_DOT"])
+RESERVED: frozenset[str] = frozenset(
+    [
+        "acc",
+        "x",
+        "weight",
+        "bias",
+        "out",
+        "M",
+        "N",
+        "K",
+        "config",
+        "self",
+        "true",
+        "false",
+        "tl",
+        "triton",
+        "torch",
+        "nn",
+        "super",
+        "float",
+        "min",
+        "range",
+        "linear",
+        "ModelNew",
+        "pid",
+        "num_pid_m",
+        "num_pid_n",
+        "num_pid_in_group",
+        "group_id",
+        "first_pid_m",
+        "group_size_m",
+        "pid_m",
+        "pid_n",
+        "offs_m",
+        "offs_n",
+        "offs_k",
+        "offs_xm",
+        "offs_wn",
+        "x_ptrs",
+        "w_ptrs",
+        "x_tile",
+        "w_tile",
+        "k_step",
+        "k_mask",
+        "mask_m",
+        "mask_n",
+        "mask_mn",
+        "out_ptrs",
+        "BLOCK_M",
+        "BLOCK_N",
+        "BLOCK_K",
+        "GROUP_M",
+        "UPCAST_DOT",
+    ]
+)
 # Params become attributes of the generated nn.Module: they must not replace its own.
 MODULE_ATTRIBUTES: frozenset[str] = frozenset(
-    n for n in dir(torch.nn.Module) if not n.startswith("_")
+    n for n in [*dir(torch.nn.Module), *vars(torch.nn.Module())] if not n.startswith("_")
 )
 
 _VALUE_INITS = ("randn", "zeros", "ones")
+# The kernel's name is a global of the generated module: it must not hide a builtin.
+_BUILTINS: frozenset[str] = frozenset(dir(builtins))
+
+
+def name_problem(n: str) -> str | None:
+    """Why `n` cannot name anything in a spec (it ends up in generated code), or None."""
+    if keyword.iskeyword(n) or keyword.issoftkeyword(n):
+        return "is a Python keyword"
+    if n.startswith("_"):
+        return "starts with '_', which kgen reserves for generated code"
+    if n.endswith("_ptr") or n.startswith("stride_"):
+        return "has a form ('*_ptr', 'stride_*') that kgen reserves for generated code"
+    if n in ("true", "false"):
+        return "is a boolean"
+    if n in RESERVED:
+        return "is used by the generated module"
+    if n in MODULE_ATTRIBUTES:
+        return "is an attribute of torch.nn.Module, which the generated module is"
+    return None
 
 
 @dataclass
@@ -113,6 +187,8 @@ class _Analyzer:
         self.notes: list[Diagnostic] = []
         self.used_operands: set[str] = set()
         self.bias_applied = False
+        self.later: dict[str, Span] = {}  # tensors declared below the line being analyzed
+        self.later_defs: dict[str, Span] = {}  # defs declared below it
 
     # -- entry point ---------------------------------------------------------
 
@@ -133,13 +209,27 @@ class _Analyzer:
         assert precision is not None
         acc = self._emit("gemm", (), Kind.TILE, Span.point(1, 1), hint="acc")
         result = acc
-        # In file order: a line sees the params, inputs and defs declared above it.
+        # Float params may be declared anywhere (LANGUAGE.md); tensors (vector and scalar
+        # params, inputs) and defs only above the line that uses them.
+        floats = [
+            s for s in self.tree.statements if isinstance(s, ParamStmt) and s.type.name == "float"
+        ]
+        for float_param in floats:
+            self._param(float_param)
         for stmt in self.tree.statements:
-            if isinstance(stmt, ParamStmt):
+            if isinstance(stmt, (ParamStmt, InputStmt)) and stmt not in floats:
+                self.later.setdefault(stmt.name.name, stmt.name.span)
+            elif isinstance(stmt, DefStmt):
+                self.later_defs.setdefault(stmt.name.name, stmt.name.span)
+        for stmt in self.tree.statements:
+            if isinstance(stmt, ParamStmt) and stmt not in floats:
+                self.later.pop(stmt.name.name, None)
                 self._param(stmt)
             elif isinstance(stmt, InputStmt):
+                self.later.pop(stmt.name.name, None)
                 self._input(stmt)
             elif isinstance(stmt, DefStmt):
+                self.later_defs.pop(stmt.name.name, None)
                 self._define(stmt)
             elif isinstance(stmt, EpilogueStmt):
                 result = self._epilogue(stmt, acc)
@@ -158,7 +248,13 @@ class _Analyzer:
                 "rename the kernel with `name: ...` or the value",
             )
         body, result_id = _prune(self.body, result.id)
-        operands = tuple(self.operands[n] for n in self.operand_order)
+        # the linear's bias, then params and inputs as written, then undeclared names as used
+        operands = tuple(
+            sorted(
+                (self.operands[n] for n in self.operand_order),
+                key=lambda o: (o.role is not Role.BIAS, o.implicit, o.span),
+            )
+        )
         return verify(
             Kernel(
                 name=name,
@@ -201,15 +297,27 @@ class _Analyzer:
     def _kernel_name(self, stmt: Statement | None) -> str:
         if isinstance(stmt, NameStmt):
             self._check_name(stmt.name, "kernel name")
+            if stmt.name.name in _BUILTINS:
+                raise NameClashError(
+                    stmt.name.span,
+                    f"the kernel name '{stmt.name.name}' is a Python builtin, which the "
+                    "generated module uses",
+                    "pick another name",
+                )
             return stmt.name.name
         stem = PurePath(self.filename).stem
-        if not stem.isidentifier() or keyword.iskeyword(stem) or stem in RESERVED or stem[0] == "_":
+        why = "is not a Python identifier" if not stem.isidentifier() else name_problem(stem)
+        if why is None and stem in _BUILTINS:
+            why = "is a Python builtin"
+        if why is not None:
             suggestion = "".join(c if c.isalnum() else "_" for c in stem).strip("_") or "kernel"
-            if suggestion[0].isdigit():
-                suggestion = "k_" + suggestion
+            if suggestion[0].isdigit() or name_problem(suggestion) or suggestion in _BUILTINS:
+                suggestion = (
+                    f"{suggestion}_kernel" if suggestion[0].isalpha() else f"k_{suggestion}"
+                )
             raise NameClashError(
                 Span.point(1, 1),
-                f"the file name '{stem}' is not usable as the kernel's name",
+                f"the file name '{stem}' {why}, so it cannot name the kernel",
                 f"add a line `name: {suggestion}`",
             )
         return stem
@@ -227,6 +335,14 @@ class _Analyzer:
             )
         positional = [a for a in stmt.args if a.keyword is None]
         keywords = [a for a in stmt.args if a.keyword is not None]
+        for i, arg in enumerate(stmt.args):
+            if arg.keyword is None and any(a.keyword is not None for a in stmt.args[:i]):
+                raise ArgumentError(arg.span, "a positional argument after a keyword argument")
+        names = [a.keyword.name for a in keywords if a.keyword is not None]
+        for i, arg in enumerate(keywords):
+            assert arg.keyword is not None
+            if arg.keyword.name in names[:i]:
+                raise ArgumentError(arg.keyword.span, f"argument '{arg.keyword.name}' given twice")
         if len(positional) > 2:
             raise ArgumentError(positional[2].span, f"{form.value} takes two sizes, IN and OUT")
         sizes: list[str | int] = ["in_features", "out_features"]
@@ -272,7 +388,7 @@ class _Analyzer:
                 )
             if isinstance(default, Name):
                 raise ArgumentError(default.span, "a float param's default is a number")
-            value = default.value if isinstance(default, Number) else None
+            value = _number(default) if isinstance(default, Number) else None
             self._add_operand(
                 Operand(stmt.name.name, Role.FLOAT, Kind.SCALAR, stmt.name.span, value)
             )
@@ -294,7 +410,7 @@ class _Analyzer:
             if default is None:
                 init = "randn" if type_ == "vector" else 1.0
             elif isinstance(default, Number):
-                init = default.value
+                init = _number(default)
             elif default.name in _VALUE_INITS:
                 init = default.name
             else:
@@ -388,22 +504,9 @@ class _Analyzer:
     # -- names ---------------------------------------------------------------
 
     def _check_name(self, name: Name, what: str) -> None:
-        n = name.name
-        why = None
-        if keyword.iskeyword(n) or keyword.issoftkeyword(n):
-            why = "is a Python keyword"
-        elif n.startswith("_"):
-            why = "starts with '_', which kgen reserves for generated code"
-        elif n.endswith("_ptr") or n.startswith("stride_"):
-            why = "has a form ('*_ptr', 'stride_*') that kgen reserves for generated code"
-        elif n in ("true", "false"):
-            why = "is a boolean"
-        elif n in RESERVED:
-            why = "is used by the generated module"
-        elif n in MODULE_ATTRIBUTES:
-            why = "is an attribute of torch.nn.Module, which the generated module is"
+        why = name_problem(name.name)
         if why is not None:
-            raise NameClashError(name.span, f"the {what} '{n}' {why}", "pick another name")
+            raise NameClashError(name.span, f"the {what} '{name.name}' {why}", "pick another name")
 
     def _check_operand_name(self, name: Name) -> None:
         n = name.name
@@ -467,6 +570,8 @@ class _Analyzer:
     def _operand_value(self, name: str, span: Span) -> Instr:
         operand = self.operands[name]
         self.used_operands.add(name)
+        if operand.role is Role.BIAS:
+            self.bias_applied = True
         op = "arg" if operand.role is Role.FLOAT else "load"
         return self._emit(op, (), operand.kind, span, attr=name, hint=name)
 
@@ -535,11 +640,12 @@ class _Analyzer:
                 f"row operation '{n}' is not supported yet",
                 "row operations (softmax, layernorm, ...) are reserved for kgen v2",
             )
-        if n in self.defs:
+        if n in self.defs or n in self.later_defs:
+            where = self.defs[n].stmt.name.span if n in self.defs else self.later_defs[n]
             raise UnknownOpError(
                 name.span,
-                f"op '{n}' is used before its def",
-                "a def may only use defs declared above it",
+                f"op '{n}' is used before its def at {where}",
+                "declare a def above the lines that use it",
             )
         hint = did_you_mean(n, [*ops.public_names(), *list(self.defs)[: env.visible_defs]])
         if hint is None and (n in self.operands or n in env.bound or n == "acc"):
@@ -604,7 +710,7 @@ class _Analyzer:
         """Apply a built-in op; `x` is acc for a step, None when called as a function."""
         params: list[tuple[str, float | None]] = [(p.name, p.default) for p in opdef.params]
         if x is None:
-            params.insert(0, ("x", None))
+            params.insert(0, (opdef.x_name, None))
         exprs = self._bind_args(name.name, params, args, span)
         types = [p.type for p in opdef.params]
         if x is None:
@@ -653,7 +759,8 @@ class _Analyzer:
         stmt = info.stmt
         info.used = True
         params: list[tuple[str, float | None]] = [
-            (p.name.name, p.default.value if p.default is not None else None) for p in stmt.params
+            (p.name.name, _number(p.default) if p.default is not None else None)
+            for p in stmt.params
         ]
         if x is None:
             params.insert(0, ("acc", None))
@@ -694,7 +801,7 @@ class _Analyzer:
 
     def _expr(self, e: Expr, env: _Env, allow_compare: bool = False) -> Instr:
         if isinstance(e, Number):
-            return self._const(e.value, e.span)
+            return self._const(_number(e), e.span)
         if isinstance(e, Name):
             return self._name(e, env)
         if isinstance(e, Neg):
@@ -755,6 +862,12 @@ class _Analyzer:
             raise UndefinedNameError(
                 name.span, f"'{n}' is a gemm size, not a value in the epilogue"
             )
+        if n in self.later:
+            raise UndefinedNameError(
+                name.span,
+                f"'{n}' is used here but declared below, at {self.later[n]}",
+                "declare vectors, scalars and inputs above the line that uses them",
+            )
         # An undeclared name becomes a required float param (LANGUAGE.md), with a note.
         self._check_name(name, "name")
         self.notes.append(
@@ -768,7 +881,12 @@ class _Analyzer:
     def _init(
         self, stmt: Statement | None, in_f: str | int, out_f: str | int
     ) -> tuple[InitArg, ...]:
-        params = [o for o in self.operands.values() if o.role in (Role.FLOAT, Role.SCALAR)]
+        # declared float and scalar params in the order they are written, then the
+        # undeclared names in the order they are first used
+        params = sorted(
+            (o for o in self.operands.values() if o.role in (Role.FLOAT, Role.SCALAR)),
+            key=lambda o: (o.implicit, o.span),
+        )
         sizes = [(n, t) for n, t in ((in_f, "in"), (out_f, "out")) if isinstance(n, str)]
         if not isinstance(stmt, InitStmt):
             args = [InitArg(n, t) for n, t in sizes]
@@ -843,10 +961,23 @@ _STATEMENT_WORDS: dict[type, str] = {
 
 
 def _text(text: str, span: Span) -> str:
-    lines = text.splitlines()
+    lines = text.split("\n")
     if span.line != span.end_line or span.line > len(lines):
         return "..."
     return lines[span.line - 1][span.column - 1 : span.end_column - 1]
+
+
+def _number(number: Number) -> float:
+    """A literal's value, which the kernel will use as an fp32 constant."""
+    if not abs(number.value) <= _FP32_MAX:
+        raise ArgumentError(
+            number.span,
+            f"the number {number.text} is too large for fp32 (largest: 3.4028235e38)",
+        )
+    return number.value
+
+
+_FP32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _fold(opdef: ops.OpDef, values: list[float]) -> float | None:

@@ -19,7 +19,7 @@ import black
 
 from kgen.analyze import analyze
 from kgen.emit import emit_module
-from kgen.errors import Diagnostic, SpecError
+from kgen.errors import Diagnostic, EncodingError, Span, SpecError
 from kgen.ir import Kernel
 from kgen.syntax import parse
 
@@ -41,15 +41,37 @@ def compile_spec(text: str, filename: str) -> Compiled:
 
 
 def read_spec(path: Path) -> str:
-    """A spec's text, newlines normalised (so CRLF files build the same module)."""
-    return path.read_bytes().decode("utf-8").replace("\r\n", "\n")
+    """A spec's text, line endings normalised (CRLF and CR files build what LF files
+    do) and a UTF-8 byte-order mark dropped. Raises EncodingError for other bytes."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        shown = _normalise(data.decode("utf-8", errors="replace"))
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = len(data[line_start : exc.start].decode("utf-8", errors="replace")) + 1
+        raise EncodingError(
+            Span.point(line, column),
+            f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot start a character here",
+            "save the spec as UTF-8",
+            text=shown,
+        ) from None
+    return _normalise(text)
+
+
+def _normalise(text: str) -> str:
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` so that readers see the old file or the new, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a module is an ordinary file
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -61,52 +83,76 @@ def write_atomic(path: Path, text: str) -> None:
 @dataclass
 class SpecResult:
     path: Path
-    text: str
+    text: str = ""
     compiled: Compiled | None = None
     error: SpecError | None = None
     output: Path | None = None
+    clash: Path | None = None  # another spec that builds the same module
+    write_error: str | None = None
     stale: bool = False  # --check: the file on disk differs from what kgen builds
 
     @property
     def notes(self) -> tuple[Diagnostic, ...]:
         return self.compiled.kernel.notes if self.compiled else ()
 
+    @property
+    def ok(self) -> bool:
+        return (
+            self.error is None
+            and self.clash is None
+            and self.write_error is None
+            and not self.stale
+        )
+
 
 @dataclass
 class Report:
     results: list[SpecResult] = field(default_factory=list)
-    clashes: list[str] = field(default_factory=list)  # two specs, one module name
 
     @property
     def ok(self) -> bool:
-        return not self.clashes and all(r.error is None and not r.stale for r in self.results)
+        return all(r.ok for r in self.results)
 
 
 def build(paths: list[Path], out_dir: Path, check: bool = False) -> Report:
-    """Compile every spec; write its module to out_dir (or, with check, compare)."""
+    """Compile every spec; write its module to out_dir (or, with check, compare).
+
+    A bad spec, or one whose module name another spec already took, writes nothing;
+    every other spec is built regardless.
+    """
     report = Report()
     owners: dict[str, Path] = {}
+    seen: set[Path] = set()
     for path in paths:
-        text = read_spec(path)
-        result = SpecResult(path, text)
+        if path.resolve() in seen:
+            continue  # the same file named twice, e.g. by overlapping globs
+        seen.add(path.resolve())
+        result = SpecResult(path)
         report.results.append(result)
         try:
-            result.compiled = compile_spec(text, path.name)
+            result.text = read_spec(path)
+            result.compiled = compile_spec(result.text, path.name)
+        except EncodingError as error:
+            result.text, result.error = error.text, error
+            continue
         except SpecError as error:
             result.error = error
             continue
         name = result.compiled.kernel.name
         if name in owners:
-            report.clashes.append(f"{path}: builds '{name}.py', as {owners[name]} does")
+            result.clash = owners[name]
             continue
         owners[name] = path
         result.output = out_dir / f"{name}.py"
-    for result in report.results:
-        if result.compiled is None or result.output is None:
-            continue
-        if check:
-            current = result.output.read_text("utf-8") if result.output.exists() else None
-            result.stale = current != result.compiled.source
-        elif not report.clashes:
-            write_atomic(result.output, result.compiled.source)
+        try:
+            if out_dir.exists() and not out_dir.is_dir():
+                raise NotADirectoryError(20, f"{out_dir} is not a directory")
+            if check:
+                current = result.output.read_text("utf-8") if result.output.exists() else None
+                result.stale = current != result.compiled.source
+            else:
+                write_atomic(result.output, result.compiled.source)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            result.write_error = f"cannot {'read' if check else 'write'} {result.output}: {reason}"
     return report

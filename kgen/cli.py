@@ -17,8 +17,10 @@ from typing import TextIO
 
 from kgen import __version__
 from kgen.build import build, compile_spec, read_spec
-from kgen.errors import Diagnostic, SpecError, format_diagnostic, format_error
+from kgen.errors import Diagnostic, EncodingError, SpecError, format_diagnostic, format_error
 from kgen.ir import format_kernel
+
+DEFAULT_OUT = Path("generated")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _readable(paths: list[Path], parser: argparse.ArgumentParser) -> None:
     for path in paths:
+        if path.is_dir():
+            parser.error(f"'{path}' is a directory, not a spec")
         if not path.is_file():
             parser.error(f"cannot read spec '{path}': no such file")
         if path.suffix != ".fuse":
@@ -69,29 +73,35 @@ def _print_notes(path: Path, text: str, notes: tuple[Diagnostic, ...], stream: T
 
 def _build(args: argparse.Namespace) -> int:
     report = build(args.specs, args.out, check=args.check)
-    for result in report.results:
-        if result.error is not None:
-            print(format_error(str(result.path), result.text, result.error), file=sys.stderr)
+    out = "" if args.out == DEFAULT_OUT else f" -o {args.out}"
+    for r in report.results:
+        if r.error is not None:
+            print(format_error(str(r.path), r.text, r.error), file=sys.stderr)
+            continue
+        if not args.check:
+            _print_notes(r.path, r.text, r.notes, sys.stderr)
+        if r.clash is not None:
+            print(
+                f"{r.path}: error: builds {r.output or r.compiled.kernel.name + '.py'}, "  # type: ignore[union-attr]
+                f"as {r.clash} does; give one of them another `name:`",
+                file=sys.stderr,
+            )
+        elif r.write_error is not None:
+            print(f"{r.path}: error: {r.write_error}", file=sys.stderr)
+        elif r.stale:
+            print(f"{r.output}: stale: rebuild with `kgen build {r.path}{out}`", file=sys.stderr)
         elif not args.check:
-            _print_notes(result.path, result.text, result.notes, sys.stderr)
-    for clash in report.clashes:
-        print(f"{clash}: error: two specs build the same module", file=sys.stderr)
-    stale = [r for r in report.results if r.stale]
-    for result in stale:
-        print(f"{result.output}: stale: rebuild with `kgen build {result.path}`", file=sys.stderr)
-    if not report.ok:
-        return 1
-    if not args.check:
-        built = [r for r in report.results if r.output]
-        for result in built:
-            print(f"{result.path} -> {result.output}")
-    return 0
+            print(f"{r.path} -> {r.output}")
+    return 0 if report.ok else 1
 
 
 def _show(args: argparse.Namespace) -> int:
-    text = read_spec(args.spec)
     try:
+        text = read_spec(args.spec)
         compiled = compile_spec(text, args.spec.name)
+    except EncodingError as error:
+        print(format_error(str(args.spec), error.text, error), file=sys.stderr)
+        return 1
     except SpecError as error:
         print(format_error(str(args.spec), text, error), file=sys.stderr)
         return 1
@@ -108,8 +118,5 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             return _build(args)
         return _show(args)
-    except UnicodeDecodeError as exc:
-        print(f"kgen: error: a spec is not UTF-8 text ({exc.reason})", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130

@@ -19,6 +19,7 @@ forms the analyzer keeps free; temporaries come from `_Namer` and avoid all of t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from kgen import __version__, configs, tlib
@@ -58,8 +59,11 @@ def _spec_lines(kernel: Kernel) -> list[str]:
 
 
 def _literal(value: float) -> str:
-    text = repr(float(value))
-    return text
+    """A Triton fp32 constant. Triton turns a constant equal to 0 into +0.0, so a
+    negative zero (which decides the sign of a division by it) is made at run time."""
+    if value == 0.0 and math.copysign(1.0, value) < 0:
+        return "(tl.full([], 0.0, tl.float32) * -1.0)"
+    return repr(float(value))
 
 
 # ---------------------------------------------------------------------------
@@ -197,9 +201,6 @@ def _epilogue(kernel: Kernel) -> Iterator[str]:
         if instr.op == "const":
             names[instr.id] = _literal(float(instr.attr))  # type: ignore[arg-type]
             continue
-        if instr.op == "arg":
-            names[instr.id] = str(instr.attr)
-            continue
         if instr.span.line != last_line and 1 <= instr.span.line <= len(lines):
             last_line = instr.span.line
             where = f"{kernel.filename}:{last_line}"
@@ -207,6 +208,9 @@ def _epilogue(kernel: Kernel) -> Iterator[str]:
         name = namer.fresh(instr.hint, instr.id)
         if instr.op == "load":
             expr = _load(kernel.operand(str(instr.attr)))
+        elif instr.op == "arg":
+            # an fp32 scalar: the interpreter would otherwise do Python float math on it
+            expr = f"tl.full([], {instr.attr}, tl.float32)"
         else:
             args = [names[a] for a in instr.args]
             opdef = OPS[instr.op]

@@ -85,6 +85,14 @@ class UndefinedNameError(SpecError):
     """A name that must be declared before it is used this way."""
 
 
+class EncodingError(SpecError):
+    """The spec file is not UTF-8 text; `text` is what can be shown of it."""
+
+    def __init__(self, span: Span, message: str, hint: str | None = None, *, text: str) -> None:
+        super().__init__(span, message, hint)
+        self.text = text
+
+
 class NotSupportedError(SpecError):
     """Valid syntax that this version of kgen cannot build yet (e.g. row operations)."""
 
@@ -99,14 +107,18 @@ def format_diagnostic(
     filename: str, text: str, span: Span, severity: str, message: str, hint: str | None = None
 ) -> str:
     """`FILE:LINE:COL: severity: message`, the source line, a caret under the span, a hint."""
-    lines = text.splitlines()
+    lines = text.split("\n")
     head = f"{filename}:{span.line}:{span.column}: {severity}: {message}"
     if hint and hint.startswith("did you mean"):
         head += f" ({hint})"
         hint = None
     out = [head]
     if 1 <= span.line <= len(lines):
-        src = lines[span.line - 1].expandtabs(1)
+        # one column per character, as the parser counts them; no control characters
+        src = "".join(
+            c if c.isprintable() else " " if c == "\t" else "?"
+            for c in lines[span.line - 1].removesuffix("\r")
+        )
         gutter = f"{span.line:>5} | "
         width = span.end_column - span.column if span.end_line == span.line else 1
         width = max(1, min(width, len(src) - span.column + 2))

@@ -69,6 +69,7 @@ class OpDef:
     group: Group
     helpers: tuple[str, ...] = ()
     x_type: ArgType = ArgType.VALUE
+    x_name: str = "x"  # the first argument's name when the op is called as a function
     implicit: tuple[str, ...] = ()  # operands the spec supplies, e.g. the linear's bias
     step: bool = True  # usable as an epilogue step (else only in expressions)
     public: bool = True  # the user may name it
@@ -85,7 +86,7 @@ class OpDef:
 
     @property
     def arg_names(self) -> tuple[str, ...]:
-        return ("x", *self.implicit, *(p.name for p in self.params))
+        return (self.x_name, *self.implicit, *(p.name for p in self.params))
 
     def result_kind(self, args: Sequence[Instr]) -> Kind:
         kind = Kind.SCALAR
@@ -152,7 +153,8 @@ _OPS: list[OpDef] = [
     _op("sub", "x - v", lambda x, v: x - v, "{x} - {v}", Group.ARITHMETIC, Param("v")),
     _op("mul", "x * v", lambda x, v: x * v, "{x} * {v}", Group.ARITHMETIC, Param("v")),
     _op("div", "x / v", lambda x, v: x / v, "{x} / {v}", Group.ARITHMETIC, Param("v")),
-    _op("neg", "-x", torch.neg, "-{x}", Group.ARITHMETIC),
+    # not `-x`: Triton lowers that as 0 - x, which turns +0 into +0 rather than -0
+    _op("neg", "-x", torch.neg, "{x} * -1.0", Group.ARITHMETIC),
     _op(
         "min",
         "torch.minimum(x, v); NaN in either gives NaN",
@@ -335,11 +337,12 @@ _OPS: list[OpDef] = [
         "where",
         "a where the comparison c holds, else b",
         torch.where,
-        "tl.where({x}, {a}, {b})",
+        "tl.where({c}, {a}, {b})",
         Group.SELECT,
         Param("a"),
         Param("b"),
         x_type=ArgType.BOOL,
+        x_name="c",
         step=False,
     ),
     # -- comparisons (internal: written as operators, only inside where)

@@ -99,17 +99,17 @@ def epilogue(
                 if type_ is ArgType.SCALAR:
                     v = float(v.reshape(-1)[0]) if isinstance(v, torch.Tensor) else float(v)
                 elif not isinstance(v, torch.Tensor):
-                    v = torch.tensor(v, dtype=dtype)
+                    v = torch.tensor(v, dtype=dtype, device=acc.device)
                 args.append(v)
             value = opdef.reference(*args)
             if isinstance(value, torch.Tensor) and not instr.boolean:
                 value = value.to(dtype)
         if hook is not None and instr.op != "gemm" and not instr.boolean:
-            value = hook(torch.as_tensor(value, dtype=dtype))
+            value = hook(torch.as_tensor(value, dtype=dtype, device=acc.device))
         values.append(value)
     result = values[kernel.result]
     if not isinstance(result, torch.Tensor):
-        result = torch.tensor(result, dtype=dtype)
+        result = torch.tensor(result, dtype=dtype, device=acc.device)
     return result.to(dtype).expand(acc.shape).contiguous()
 
 

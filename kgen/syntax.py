@@ -377,17 +377,38 @@ def _syntax_error(text: str, exc: lark.exceptions.UnexpectedInput) -> FuseSyntax
     if isinstance(exc, lark.exceptions.UnexpectedToken):
         token = exc.token
         if token.type == "$END":
-            lines = text.splitlines() or [""]
+            lines = text.split("\n")
             span = Span.point(len(lines), len(lines[-1]) + 1)
         else:
             span = _token_span(token)
+        start = token.start_pos if token.start_pos is not None else 0
+        if token.type == "COMPARE":
+            return FuseSyntaxError(
+                span,
+                f"unexpected comparison '{token}'",
+                "a comparison appears once, as where's first argument: where(acc > 0, acc, 0)",
+            )
+        if (
+            token.type == "NAME"
+            and str(token)[0] in "eE"
+            and start
+            and text[start - 1] in "0123456789."
+        ):
+            number_start = start
+            while number_start > 0 and text[number_start - 1] in "0123456789.":
+                number_start -= 1
+            return FuseSyntaxError(
+                span,
+                f"malformed number '{text[number_start:start]}{token}'",
+                "an exponent needs digits, as in 1e-5 or 2.5e3",
+            )
         expected = _expected(set(exc.expected))
         hint = None
         if token.type == "_NL" and "')'" in expected:
             hint = "a statement must fit on one line; close the parenthesis"
         return FuseSyntaxError(span, f"expected {expected}, got {_shown(token)}", hint)
     # UnexpectedEOF (not raised by LALR in practice, kept for completeness)
-    lines = text.splitlines() or [""]
+    lines = text.split("\n")
     return FuseSyntaxError(Span.point(len(lines), len(lines[-1]) + 1), "unexpected end of file")
 
 

@@ -114,10 +114,9 @@ def gemm_unit(kernel: Kernel, dtype: torch.dtype, device: str) -> float:
 
 
 def _operands(kernel: Kernel, args: tuple[Any, ...], floats: dict[str, Any]) -> dict[str, Any]:
+    # detached; the oracle computes where the operands live (GPU or CPU)
     operands = reference.bind(kernel, args, floats)
-    return {
-        k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in operands.items()
-    }
+    return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in operands.items()}
 
 
 def _gemm(kernel: Kernel, cpu: dict[str, Any], device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,18 +150,18 @@ def error_bound(kernel: Kernel, *args: Any, device: str = "cuda", **floats: Any)
     terms: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def attach(value: torch.Tensor) -> torch.Tensor:
-        error = torch.zeros(acc.shape, dtype=torch.float64, requires_grad=True)
+        error = torch.zeros_like(acc, requires_grad=True)
         terms.append((error, value.detach().expand(acc.shape)))
         return value + error
 
     with torch.enable_grad():
         out = reference.epilogue(kernel, acc, cpu, hook=attach)
         if out.requires_grad:
-            out.sum().backward()
-    gemm = torch.zeros(acc.shape, dtype=torch.float64)
+            out.sum().backward()  # type: ignore[no-untyped-call]
+    gemm = torch.zeros_like(exact)
     if acc.grad is not None:
         gemm = (acc.grad.abs() * delta).nan_to_num(nan=0.0)
-    rounding = torch.zeros(acc.shape, dtype=torch.float64)
+    rounding = torch.zeros_like(exact)
     for error, value in terms:
         if error.grad is not None:
             rounding += (error.grad.abs() * value.abs()).nan_to_num(nan=0.0)
@@ -179,7 +178,7 @@ def check(kernel: Kernel, out: torch.Tensor, *args: Any, **floats: Any) -> Misma
     dtype, device = out.dtype, out.device.type
     exact = evaluations(kernel, *args, device=device, **floats)
     rounded = exact.to(dtype).to(torch.float64)
-    got = out.detach().cpu().to(torch.float64)
+    got = out.detach().to(torch.float64).to(exact.device)
 
     finite = torch.isfinite(rounded)
     huge = torch.finfo(torch.float64).max
@@ -205,7 +204,7 @@ def check(kernel: Kernel, out: torch.Tensor, *args: Any, **floats: Any) -> Misma
     )
     excess = torch.where(ok, -math.inf, excess)
     flat = int(torch.argmax(excess.reshape(-1)))
-    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), got.shape))
+    index = (flat // got.shape[1], flat % got.shape[1])
     return Mismatch(
         index=index,
         got=float(got[index]),
