@@ -348,8 +348,6 @@ class _Analyzer:
         sizes: list[str | int] = ["in_features", "out_features"]
         for i, arg in enumerate(positional):
             sizes[i] = self._size(arg)
-        if isinstance(sizes[0], str) and sizes[0] == sizes[1]:
-            raise NameClashError(positional[1].span, f"both gemm sizes are named '{sizes[1]}'")
         has_bias = form is Gemm.LINEAR
         for arg in keywords:
             assert arg.keyword is not None
@@ -887,7 +885,9 @@ class _Analyzer:
             (o for o in self.operands.values() if o.role in (Role.FLOAT, Role.SCALAR)),
             key=lambda o: (o.implicit, o.span),
         )
+        # one constructor argument per size name: linear(d, d) takes d once
         sizes = [(n, t) for n, t in ((in_f, "in"), (out_f, "out")) if isinstance(n, str)]
+        sizes = [s for i, s in enumerate(sizes) if s[0] not in [n for n, _ in sizes[:i]]]
         if not isinstance(stmt, InitStmt):
             args = [InitArg(n, t) for n, t in sizes]
             args += [InitArg(p.name, "param", p.default) for p in params]

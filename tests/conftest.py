@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 _SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
-settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_check=_SUPPRESS)
+settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=_SUPPRESS)
 settings.register_profile("dev", max_examples=10, deadline=None, suppress_health_check=_SUPPRESS)
 settings.register_profile("gpu", max_examples=40, deadline=None, suppress_health_check=_SUPPRESS)
 settings.register_profile(

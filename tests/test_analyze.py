@@ -595,14 +595,6 @@ SEMANTIC_ERRORS = [
         id="gemm-size-fraction",
     ),
     pytest.param(
-        "gemm: linear(a, a)\nepilogue: bias",
-        NameClashError,
-        1,
-        17,
-        "both gemm sizes are named 'a'",
-        id="gemm-same-sizes",
-    ),
-    pytest.param(
         "gemm: linear(a, b, c)\nepilogue: bias",
         ArgumentError,
         1,
@@ -1549,3 +1541,9 @@ def test_mutilated_specs_fail_only_with_spec_errors() -> None:
             assert 1 <= err.span.line <= len(lines), (text, err)
         analyzed += 1
     assert analyzed > 200
+
+
+def test_square_linear_takes_its_size_once() -> None:
+    kernel = compile_spec("gemm: linear(d_model, d_model)\nepilogue: bias\n", "sq.fuse").kernel
+    assert [a.name for a in kernel.init] == ["d_model"]
+    assert kernel.in_features == kernel.out_features == "d_model"
