@@ -113,7 +113,7 @@ def math_ops_kernel(
     add_2 = acc + shift_1
     square_3 = add_2 * add_2
     add_5 = square_3 + 1.0
-    rsqrt_6 = tl.rsqrt(add_5)
+    rsqrt_6 = 1.0 / tl.sqrt_rn(add_5)
     mul_7 = add_2 * rsqrt_6
     abs_8 = tl.abs(mul_7)
     neg_9 = abs_8 * -1.0
@@ -128,7 +128,7 @@ def math_ops_kernel(
     sub_18 = add_16 - sigmoid_17
     eps_19 = tl.full([], eps, tl.float32)
     add_20 = abs_8 + eps_19
-    sqrt_21 = tl.sqrt(add_20)
+    sqrt_21 = tl.sqrt_rn(add_20)
     add_22 = sub_18 + sqrt_21
     col_scale_23 = tl.load(col_scale_ptr + offs_n * stride_col_scale_n, mask=mask_n, other=0.0).to(
         tl.float32

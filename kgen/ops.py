@@ -197,8 +197,10 @@ _OPS: list[OpDef] = [
     _op("log", "natural logarithm (NaN below 0, -inf at 0)", torch.log, "tl.log({x})", Group.MATH),
     _op("abs", "|x|", torch.abs, "tl.abs({x})", Group.MATH),
     _op("square", "x * x", torch.square, "{x} * {x}", Group.MATH),
-    _op("sqrt", "square root (NaN below 0)", torch.sqrt, "tl.sqrt({x})", Group.MATH),
-    _op("rsqrt", "1 / sqrt(x)", torch.rsqrt, "tl.rsqrt({x})", Group.MATH),
+    # IEEE square root: the GPU's fast tl.sqrt / tl.rsqrt flush subnormal inputs to zero
+    # (sqrt(-1e-38) would be -0, not torch's NaN)
+    _op("sqrt", "square root (NaN below 0)", torch.sqrt, "tl.sqrt_rn({x})", Group.MATH),
+    _op("rsqrt", "1 / sqrt(x)", torch.rsqrt, "1.0 / tl.sqrt_rn({x})", Group.MATH),
     _op("erf", "the error function", torch.erf, "tl.erf({x})", Group.MATH),
     # -- activations
     _op(

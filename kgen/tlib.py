@@ -133,16 +133,17 @@ def _maximum(x, v):
 @triton.jit
 def _gelu(x):
     # exact GELU (F.gelu's default): x * Phi(x), Phi(x) = erfc(-x / sqrt(2)) / 2.
-    # For x >= 0, 1 + erf(x / sqrt(2)) is accurate; for x < 0 it cancels (torch's fp32
-    # gelu loses all digits below x = -5), so there use erfc's Chebyshev fit from
-    # Numerical Recipes (erfcc, relative error < 1.2e-7 everywhere).
-    z = x * -0.7071067811865476
+    # 1 + erf(x / sqrt(2)) cancels for x < 0 (torch's fp32 gelu loses every digit below
+    # x = -5); erfc's Chebyshev fit from Numerical Recipes (erfcc, relative error
+    # < 1.2e-7 everywhere) does not, and serves x >= 0 as Phi(x) = 1 - Phi(-x):
+    # one exp and one division for either sign.
+    z = tl.abs(x) * 0.7071067811865476
     t = 1.0 / (1.0 + 0.5 * z)
     p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
         -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
         -0.82215223 + t * 0.17087277))))))))
-    erfc = t * tl.exp(p - z * z)
-    return tl.where(x >= 0.0, 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476)), 0.5 * x * erfc)
+    phi_neg = 0.5 * t * tl.exp(p - z * z)  # Phi(-|x|)
+    return x * tl.where(x >= 0.0, 1.0 - phi_neg, phi_neg)
 """,
     ),
     Helper(

@@ -43,7 +43,7 @@ def test_seed_at_scale(name: str, dtype: torch.dtype) -> None:
         f"max|kgen - fp64| = {_max_diff(out, exact):.3g}, "
         f"max|PyTorch - fp64| = {_max_diff(expected, exact):.3g}"
     )
-    testing.assert_close_to_pytorch(out, expected)
+    testing.assert_close_to_pytorch(out, expected)  # the criterion, literally
     testing.assert_matches_reference(compiled.kernel, out, x, ours.weight, ours.bias)
 
 
