@@ -188,21 +188,31 @@ def _check_gemm(x, weight, linear):
     return M, N, K
 
 
-def _config(M, N, K, dtype):
-    """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) for this problem.
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages); see kgen/configs.py
+_CONFIGS = {
+    "large": (128, 128, 64, 8, 8, 3),
+    "medium": (64, 64, 64, 8, 4, 3),
+    "few_rows": (32, 64, 64, 8, 4, 3),
+    "baseline": (64, 64, 32, 8, 4, 2),
+}
 
-    128x128 tiles with 8 warps once there are enough of them to fill an H100's 132
-    SMs; 64x64 (or 32x64 for a few rows) with 4 warps for small problems. fp32 tiles
-    take BLOCK_K = 32 to keep three pipeline stages within shared memory. tl.dot
-    needs every block dimension >= 16.
-    """
-    block_k = 32 if dtype == torch.float32 else 64
+
+def _config(M, N, K, dtype):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) for this problem:
+    one of _CONFIGS, with BLOCK_K capped for fp32 and short K (tl.dot needs >= 16)."""
+    if K <= 64:
+        name = "baseline"
+    elif triton.cdiv(M, 128) * triton.cdiv(N, 128) >= 128:
+        name = "large"
+    elif M <= 32:
+        name = "few_rows"
+    else:
+        name = "medium"
+    block_m, block_n, block_k, group_m, num_warps, num_stages = _CONFIGS[name]
+    if dtype == torch.float32:
+        block_k = min(block_k, 32)
     block_k = min(block_k, max(16, triton.next_power_of_2(K)))
-    if triton.cdiv(M, 128) * triton.cdiv(N, 128) >= 128:
-        return (128, 128, block_k, 8, 8, 3)
-    if M <= 32:
-        return (32, 64, block_k, 8, 4, 3)
-    return (64, 64, block_k, 8, 4, 3)
+    return (block_m, block_n, block_k, group_m, num_warps, num_stages)
 
 
 def _launch(config, x, weight, gamma, alpha, gate, residual_in):

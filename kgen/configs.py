@@ -1,10 +1,12 @@
 """Launch configurations: the one place that decides tiles, warps and stages.
 
-`choose_config` is copied verbatim into every generated module (as `_config`), so
-kgen, its tests and the modules share one definition. It follows the rules of the
-seed prompts (shared/seeds/): power-of-two blocks, num_warps in {4, 8}, num_stages
-in {2, 3}, with `BASELINE` the conservative fallback. Tuning per shape (issue 3)
-will replace the heuristic with measured choices; the tuple layout stays.
+The candidate configurations (`_CONFIGS`) and `choose_config` are copied verbatim into
+every generated module (as `_CONFIGS` and `_config`), so kgen, its tests and the
+modules share one definition. They follow the rules of the seed prompts
+(shared/seeds/): power-of-two blocks, num_warps in {4, 8}, num_stages in {2, 3}, a few
+configurations with the conservative baseline (4 warps, 2 stages) among them. Tuning
+per shape (issue 3) will replace the heuristic with measured choices; the tuple
+layout stays.
 
 A configuration is (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages).
 """
@@ -18,33 +20,51 @@ import triton
 
 Config = tuple[int, int, int, int, int, int]
 
-BASELINE: Config = (64, 64, 32, 8, 4, 2)
 NUM_WARPS = (4, 8)
 NUM_STAGES = (2, 3)
 
+# Every configuration a module may launch (BLOCK_K is capped at 32 for fp32 operands,
+# to keep the stages within shared memory, and at K for short problems). The name
+# says when `choose_config` picks it. Emitted into each module as this same literal.
+_CONFIGS: dict[str, Config] = {
+    # enough 128x128 tiles to fill an H100's 132 SMs
+    "large": (128, 128, 64, 8, 8, 3),
+    "medium": (64, 64, 64, 8, 4, 3),
+    # few rows (M <= 32): a 32-row tile wastes less of its height
+    "few_rows": (32, 64, 64, 8, 4, 3),
+    # the seeds' conservative baseline (4 warps, 2 stages): K fits in one or two steps,
+    # so deeper pipelining buys nothing
+    "baseline": (64, 64, 32, 8, 4, 2),
+}
+CONFIGS = _CONFIGS
+BASELINE = _CONFIGS["baseline"]
+
 
 def choose_config(M: int, N: int, K: int, dtype: torch.dtype) -> Config:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) for this problem.
-
-    128x128 tiles with 8 warps once there are enough of them to fill an H100's 132
-    SMs; 64x64 (or 32x64 for a few rows) with 4 warps for small problems. fp32 tiles
-    take BLOCK_K = 32 to keep three pipeline stages within shared memory. tl.dot
-    needs every block dimension >= 16.
-    """
-    block_k = 32 if dtype == torch.float32 else 64
+    """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) for this problem:
+    one of _CONFIGS, with BLOCK_K capped for fp32 and short K (tl.dot needs >= 16)."""
+    if K <= 64:
+        name = "baseline"
+    elif triton.cdiv(M, 128) * triton.cdiv(N, 128) >= 128:
+        name = "large"
+    elif M <= 32:
+        name = "few_rows"
+    else:
+        name = "medium"
+    block_m, block_n, block_k, group_m, num_warps, num_stages = _CONFIGS[name]
+    if dtype == torch.float32:
+        block_k = min(block_k, 32)
     block_k = min(block_k, max(16, triton.next_power_of_2(K)))
-    if triton.cdiv(M, 128) * triton.cdiv(N, 128) >= 128:
-        return (128, 128, block_k, 8, 8, 3)
-    if M <= 32:
-        return (32, 64, block_k, 8, 4, 3)
-    return (64, 64, block_k, 8, 4, 3)
+    return (block_m, block_n, block_k, group_m, num_warps, num_stages)
 
 
 def source() -> str:
-    """`choose_config`'s source, renamed `_config`, for the generated module."""
+    """`_CONFIGS` and `choose_config` (renamed `_config`) for the generated module."""
     head, body = inspect.getsource(choose_config).split("\n", 1)
     assert head.startswith("def choose_config(") and head.endswith(":"), head
-    return "def _config(M, N, K, dtype):\n" + body
+    table = "\n".join(f"    {name!r}: {config!r}," for name, config in _CONFIGS.items())
+    configs = "# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages); see kgen/configs.py\n"
+    return f"{configs}_CONFIGS = {{\n{table}\n}}\n\n\ndef _config(M, N, K, dtype):\n{body}"
 
 
 def is_valid(config: Config) -> bool:

@@ -104,9 +104,12 @@ def _logsigmoid(x):
         """
 @triton.jit
 def _clamp(x, lo, hi):
-    # torch.clamp: min(max(x, lo), hi), so hi wins when lo > hi; NaN x stays NaN.
+    # torch.clamp: min(max(x, lo), hi), so hi wins when lo > hi; NaN in x, lo or hi
+    # gives NaN.
+    # (lo and hi may be constants: `lo != lo` is then a plain bool, which where takes)
     t = tl.where(x < lo, lo, x)
-    return tl.where(t > hi, hi, t)
+    t = tl.where(t > hi, hi, t)
+    return tl.where(lo != lo, lo, tl.where(hi != hi, hi, t))
 """,
     ),
     Helper(
@@ -114,8 +117,9 @@ def _clamp(x, lo, hi):
         """
 @triton.jit
 def _minimum(x, v):
-    # torch.minimum: NaN in either operand gives NaN.
-    return tl.where((x < v) | (x != x), x, v)
+    # torch.minimum: NaN in either operand gives NaN. (Nested wheres, not `|`: the
+    # interpreter cannot `|` a [1, N] mask with a scalar one.)
+    return tl.where(x != x, x, tl.where(x < v, x, v))
 """,
     ),
     Helper(
@@ -123,8 +127,8 @@ def _minimum(x, v):
         """
 @triton.jit
 def _maximum(x, v):
-    # torch.maximum: NaN in either operand gives NaN.
-    return tl.where((x > v) | (x != x), x, v)
+    # torch.maximum: NaN in either operand gives NaN (see _minimum).
+    return tl.where(x != x, x, tl.where(x > v, x, v))
 """,
     ),
     Helper(

@@ -1,0 +1,134 @@
+"""The shape of what kgen generates: one kernel, one store, the seeds' launch rules,
+and specs/ covering the whole language."""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import re
+
+import pytest
+import torch
+from helpers import GENERATED, SPECS, committed
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kgen import configs, ops
+from kgen.analyze import RESERVED
+from kgen.ir import Gemm, Kind, Role
+
+MODULES = sorted(GENERATED.glob("*.py"))
+
+
+def _jit_functions(tree: ast.Module) -> list[ast.FunctionDef]:
+    return [
+        f
+        for f in tree.body
+        if isinstance(f, ast.FunctionDef)
+        and any(ast.unparse(d) == "triton.jit" for d in f.decorator_list)
+    ]
+
+
+def _calls(node: ast.AST, name: str) -> list[ast.Call]:
+    return [c for c in ast.walk(node) if isinstance(c, ast.Call) and ast.unparse(c.func) == name]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[p.stem for p in MODULES])
+def test_one_kernel_one_store(path) -> None:
+    tree = ast.parse(path.read_text())
+    jit = _jit_functions(tree)
+    kernels = [f for f in jit if f.name.endswith("_kernel")]
+    assert [k.name for k in kernels] == [f"{path.stem}_kernel"]
+    (kernel,) = kernels
+    assert len(_calls(kernel, "tl.store")) == 1
+    # no store-then-load: the output pointer is never read
+    assert all("out_ptr" not in ast.unparse(c) for c in _calls(kernel, "tl.load"))
+    for helper in jit:
+        if helper is not kernel:
+            assert helper.name.startswith("_")
+            assert not _calls(helper, "tl.store") and not _calls(helper, "tl.load")
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[p.stem for p in MODULES])
+def test_every_identifier_is_accounted_for(path) -> None:
+    """In the scopes where the spec's names live (the kernel, the launcher, the public
+    function, ModelNew), every other name is kgen's: reserved, `_`-prefixed, a stride,
+    an epilogue temporary or a builtin -- so the analyzer's reserved list is complete."""
+    compiled, _ = committed(path.stem)
+    kernel = compiled.kernel
+    user = {o.name for o in kernel.operands} | {a.name for a in kernel.init} | {kernel.name}
+    user |= {f"{n}_ptr" for n in user} | {f"{kernel.name}_kernel"}
+    tree = ast.parse(path.read_text())
+    scopes = [
+        n
+        for n in tree.body
+        if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+        and n.name in (f"{kernel.name}_kernel", "_launch", kernel.name, "ModelNew")
+    ]
+    assert len(scopes) == 4
+    names = set()
+    for scope in scopes:
+        names |= {n.id for n in ast.walk(scope) if isinstance(n, ast.Name)}
+        names |= {a.arg for n in ast.walk(scope) if isinstance(n, ast.arguments) for a in n.args}
+    for name in names - user - set(RESERVED) - set(dir(builtins)):
+        assert (
+            name.startswith("_")
+            or name.startswith("stride_")
+            or name.endswith("_ptr")
+            or re.fullmatch(r"[a-z_0-9]+_\d+", name)  # an epilogue temporary
+        ), f"{path.name}: identifier {name!r} is neither reserved nor the spec's"
+
+
+def test_configs_follow_the_seeds_rules() -> None:
+    assert all(configs.is_valid(c) for c in configs.CONFIGS.values())
+    assert 3 <= len(configs.CONFIGS) <= 4
+    assert any(c[4] == 4 and c[5] == 2 for c in configs.CONFIGS.values())  # the baseline
+
+
+@given(
+    M=st.integers(1, 20000),
+    N=st.integers(1, 20000),
+    K=st.integers(1, 20000),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32]),
+)
+def test_chosen_config_is_a_candidate(M: int, N: int, K: int, dtype: torch.dtype) -> None:
+    chosen = configs.choose_config(M, N, K, dtype)
+    assert configs.is_valid(chosen)
+    assert any(
+        chosen[:2] == c[:2] and chosen[3:] == c[3:] and chosen[2] <= c[2]
+        for c in configs.CONFIGS.values()
+    )
+    _, module = committed("gemm_sigmoid_residual")
+    assert module._config(M, N, K, dtype) == chosen  # the module's copy is the same
+
+
+def test_specs_cover_the_language() -> None:
+    used_ops: set[str] = set()
+    roles: set[tuple[Role, Kind]] = set()
+    forms, texts = set(), ""
+    for path in SPECS:
+        compiled, _ = committed(path.stem)
+        kernel = compiled.kernel
+        used_ops |= {i.op for i in kernel.body}
+        roles |= {(o.role, o.kind) for o in kernel.operands}
+        forms.add((kernel.gemm, kernel.has_bias))
+        texts += compiled.kernel.source
+    aliases = {a for a in ops.ALIASES if re.search(rf"\b{a}\(|\b{a}\b", texts)}
+    assert {n for n in ops.public_names() if n not in ops.ALIASES} <= used_ops | {"where"}
+    assert "where(" in texts and aliases == set(ops.ALIASES)
+    assert {Gemm.LINEAR, Gemm.MATMUL} == {f for f, _ in forms}
+    assert (Gemm.LINEAR, False) in forms
+    assert {
+        (Role.FLOAT, Kind.SCALAR),
+        (Role.VECTOR, Kind.COL),
+        (Role.SCALAR, Kind.SCALAR),
+        (Role.INPUT, Kind.TILE),
+        (Role.INPUT, Kind.COL),
+        (Role.INPUT, Kind.ROW),
+    } <= roles
+    for statement in ("def ", "init:", "output:", "precision:", "name:", " = acc"):
+        assert statement in texts, statement
+    assert {"tf32x3", "bf16x3", "ieee", "tf32"} <= {
+        committed(p.stem)[0].kernel.precision for p in SPECS
+    }
+    assert any(o.implicit for p in SPECS for o in committed(p.stem)[0].kernel.operands)
