@@ -182,7 +182,6 @@ class _Analyzer:
         self.body: list[Instr] = []
         self.cse: dict[tuple[object, ...], int] = {}
         self.operands: dict[str, Operand] = {}
-        self.operand_order: list[str] = []
         self.defs: dict[str, _DefInfo] = {}
         self.notes: list[Diagnostic] = []
         self.used_operands: set[str] = set()
@@ -208,31 +207,7 @@ class _Analyzer:
         )
         assert precision is not None
         acc = self._emit("gemm", (), Kind.TILE, Span.point(1, 1), hint="acc")
-        result = acc
-        # Float params may be declared anywhere (LANGUAGE.md); tensors (vector and scalar
-        # params, inputs) and defs only above the line that uses them.
-        floats = [
-            s for s in self.tree.statements if isinstance(s, ParamStmt) and s.type.name == "float"
-        ]
-        for float_param in floats:
-            self._param(float_param)
-        for stmt in self.tree.statements:
-            if isinstance(stmt, (ParamStmt, InputStmt)) and stmt not in floats:
-                self.later.setdefault(stmt.name.name, stmt.name.span)
-            elif isinstance(stmt, DefStmt):
-                self.later_defs.setdefault(stmt.name.name, stmt.name.span)
-        for stmt in self.tree.statements:
-            if isinstance(stmt, ParamStmt) and stmt not in floats:
-                self.later.pop(stmt.name.name, None)
-                self._param(stmt)
-            elif isinstance(stmt, InputStmt):
-                self.later.pop(stmt.name.name, None)
-                self._input(stmt)
-            elif isinstance(stmt, DefStmt):
-                self.later_defs.pop(stmt.name.name, None)
-                self._define(stmt)
-            elif isinstance(stmt, EpilogueStmt):
-                result = self._epilogue(stmt, acc)
+        result = self._declarations_and_epilogue(acc)
         for info in self.defs.values():
             if not info.used:
                 self.notes.append(
@@ -251,8 +226,7 @@ class _Analyzer:
         # the linear's bias, then params and inputs as written, then undeclared names as used
         operands = tuple(
             sorted(
-                (self.operands[n] for n in self.operand_order),
-                key=lambda o: (o.role is not Role.BIAS, o.implicit, o.span),
+                self.operands.values(), key=lambda o: (o.role is not Role.BIAS, o.implicit, o.span)
             )
         )
         return verify(
@@ -274,6 +248,38 @@ class _Analyzer:
         )
 
     # -- statements ----------------------------------------------------------
+
+    def _declarations_and_epilogue(self, acc: Instr) -> Instr:
+        """Params, inputs, defs and the epilogue; the epilogue's result (acc if none).
+
+        Float params may be declared anywhere (LANGUAGE.md), so they come first; tensors
+        (vector and scalar params, inputs) and defs only count above the line that uses
+        them, so the rest goes in file order, remembering what is declared further down
+        for the error messages."""
+        floats = [
+            s for s in self.tree.statements if isinstance(s, ParamStmt) and s.type.name == "float"
+        ]
+        for float_param in floats:
+            self._param(float_param)
+        for stmt in self.tree.statements:
+            if isinstance(stmt, (ParamStmt, InputStmt)) and stmt not in floats:
+                self.later.setdefault(stmt.name.name, stmt.name.span)
+            elif isinstance(stmt, DefStmt):
+                self.later_defs.setdefault(stmt.name.name, stmt.name.span)
+        result = acc
+        for stmt in self.tree.statements:
+            if isinstance(stmt, ParamStmt) and stmt not in floats:
+                self.later.pop(stmt.name.name, None)
+                self._param(stmt)
+            elif isinstance(stmt, InputStmt):
+                self.later.pop(stmt.name.name, None)
+                self._input(stmt)
+            elif isinstance(stmt, DefStmt):
+                self.later_defs.pop(stmt.name.name, None)
+                self._define(stmt)
+            elif isinstance(stmt, EpilogueStmt):
+                result = self._epilogue(stmt, acc)
+        return result
 
     def _collect(self) -> dict[type, Statement]:
         singles: dict[type, Statement] = {}
@@ -527,7 +533,6 @@ class _Analyzer:
 
     def _add_operand(self, operand: Operand) -> None:
         self.operands[operand.name] = operand
-        self.operand_order.append(operand.name)
 
     # -- IR building ---------------------------------------------------------
 
@@ -850,21 +855,17 @@ class _Analyzer:
                 name.span,
                 f"'{n}' is a GEMM operand; the epilogue sees only the product, acc",
             )
-        if n == "bias":
-            raise UndefinedNameError(
-                name.span,
-                "the gemm has no bias" if not self.has_bias else "'bias' is an op here",
-                "apply the linear's bias with the step `bias`",
-            )
-        if n in self.gemm_names:
-            raise UndefinedNameError(
-                name.span, f"'{n}' is a gemm size, not a value in the epilogue"
-            )
         if n in self.later:
             raise UndefinedNameError(
                 name.span,
                 f"'{n}' is used here but declared below, at {self.later[n]}",
                 "declare vectors, scalars and inputs above the line that uses them",
+            )
+        if n == "bias":  # (with a bias, it is an operand and found above)
+            raise UndefinedNameError(name.span, "this gemm has no bias")
+        if n in self.gemm_names:
+            raise UndefinedNameError(
+                name.span, f"'{n}' is a gemm size, not a value in the epilogue"
             )
         # An undeclared name becomes a required float param (LANGUAGE.md), with a note.
         self._check_name(name, "name")

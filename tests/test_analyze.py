@@ -292,7 +292,7 @@ SEMANTIC_ERRORS = [
         UndefinedNameError,
         2,
         15,
-        "the gemm has no bias",
+        "this gemm has no bias",
         id="bias-value-with-bias-false",
     ),
     # -- declarations and reserved names
