@@ -80,10 +80,10 @@ def _build(args: argparse.Namespace) -> int:
             continue
         if not args.check:
             _print_notes(r.path, r.text, r.notes, sys.stderr)
-        if r.clash is not None:
+        if r.clash is not None and r.compiled is not None:
             print(
-                f"{r.path}: error: builds {r.output or r.compiled.kernel.name + '.py'}, "  # type: ignore[union-attr]
-                f"as {r.clash} does; give one of them another `name:`",
+                f"{r.path}: error: builds {r.compiled.kernel.name}.py, as {r.clash} does; "
+                "give one of them another `name:`",
                 file=sys.stderr,
             )
         elif r.write_error is not None:
