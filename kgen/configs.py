@@ -37,7 +37,6 @@ _CONFIGS: dict[str, Config] = {
     "baseline": (64, 64, 32, 8, 4, 2),
 }
 CONFIGS = _CONFIGS
-BASELINE = _CONFIGS["baseline"]
 
 
 def choose_config(M: int, N: int, K: int, dtype: torch.dtype) -> Config:

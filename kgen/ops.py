@@ -107,13 +107,6 @@ class OpDef:
         """The Triton expression of this op applied to the emitted names of its args."""
         return self.triton.format(**dict(zip(self.arg_names, names, strict=False)))
 
-    def signature(self) -> str:
-        """How the user writes it, e.g. `softplus(beta=1, threshold=20)`."""
-        if not self.params:
-            return self.name
-        parts = [p.name if p.default is None else f"{p.name}={p.default:g}" for p in self.params]
-        return f"{self.name}({', '.join(parts)})"
-
 
 def _op(
     name: str,

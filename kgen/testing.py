@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from kgen import reference
-from kgen.ir import Gemm, Kernel
+from kgen.ir import Kernel
 
 # Unit roundoff of the GEMM, by what multiplies: 16-bit operands have exact products
 # in fp32, so only fp32 accumulation counts; fp32 operands add the rounding of their
@@ -113,19 +113,24 @@ def gemm_unit(kernel: Kernel, dtype: torch.dtype, device: str) -> float:
     return GEMM_UNIT[kernel.precision]
 
 
-def _operands(kernel: Kernel, args: tuple[Any, ...], floats: dict[str, Any]) -> dict[str, Any]:
-    # detached; the oracle computes where the operands live (GPU or CPU)
-    operands = reference.bind(kernel, args, floats)
-    return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in operands.items()}
+@dataclass(frozen=True)
+class _Case:
+    """A call's operands (detached, where they live: GPU or CPU), its exact accumulator
+    and the bound `delta` on the kernel's error in it -- computed once per check."""
 
+    operands: dict[str, Any]
+    acc: torch.Tensor
+    delta: torch.Tensor
 
-def _gemm(kernel: Kernel, cpu: dict[str, Any], device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exact accumulator, and the bound `delta` on the kernel's error in it."""
-    x, w = cpu["x"], cpu["weight"]
-    acc = reference.gemm(kernel, x, w, torch.float64)
-    magnitude = reference.gemm(kernel, x.abs(), w.abs(), torch.float64)
-    unit = gemm_unit(kernel, x.dtype, device)
-    return acc, LAMBDA * math.sqrt(max(x.shape[1], 1)) * unit * magnitude
+    @staticmethod
+    def of(kernel: Kernel, args: tuple[Any, ...], floats: dict[str, Any], device: str) -> _Case:
+        bound = reference.bind(kernel, args, floats)
+        operands = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in bound.items()}
+        x, w = operands["x"], operands["weight"]
+        acc = reference.gemm(kernel, x, w, torch.float64)
+        magnitude = reference.gemm(kernel, x.abs(), w.abs(), torch.float64)
+        unit = gemm_unit(kernel, x.dtype, device)
+        return _Case(operands, acc, LAMBDA * math.sqrt(max(x.shape[1], 1)) * unit * magnitude)
 
 
 def _fp32_range(value: torch.Tensor) -> torch.Tensor:
@@ -134,19 +139,21 @@ def _fp32_range(value: torch.Tensor) -> torch.Tensor:
 
 def evaluations(kernel: Kernel, *args: Any, device: str = "cuda", **floats: Any) -> torch.Tensor:
     """[3, M, N] float64: f(acc), f(acc - delta), f(acc + delta) (1(a) above)."""
-    cpu = _operands(kernel, args, floats)
-    acc, delta = _gemm(kernel, cpu, device)
-    values = [
-        reference.epilogue(kernel, a, cpu, _fp32_range) for a in (acc, acc - delta, acc + delta)
-    ]
-    return torch.stack(values)
+    return _evaluations(kernel, _Case.of(kernel, args, floats, device))
+
+
+def _evaluations(kernel: Kernel, case: _Case) -> torch.Tensor:
+    accs = (case.acc, case.acc - case.delta, case.acc + case.delta)
+    return torch.stack([reference.epilogue(kernel, a, case.operands, _fp32_range) for a in accs])
 
 
 def error_bound(kernel: Kernel, *args: Any, device: str = "cuda", **floats: Any) -> torch.Tensor:
     """[M, N] float64: the first-order bounds 1(b) and 2 above, summed."""
-    cpu = _operands(kernel, args, floats)
-    exact, delta = _gemm(kernel, cpu, device)
-    acc = exact.clone().requires_grad_(True)
+    return _error_bound(kernel, _Case.of(kernel, args, floats, device))
+
+
+def _error_bound(kernel: Kernel, case: _Case) -> torch.Tensor:
+    acc = case.acc.clone().requires_grad_(True)
     terms: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def attach(value: torch.Tensor) -> torch.Tensor:
@@ -155,13 +162,13 @@ def error_bound(kernel: Kernel, *args: Any, device: str = "cuda", **floats: Any)
         return value + error
 
     with torch.enable_grad():
-        out = reference.epilogue(kernel, acc, cpu, hook=attach)
+        out = reference.epilogue(kernel, acc, case.operands, hook=attach)
         if out.requires_grad:
             out.sum().backward()  # type: ignore[no-untyped-call]
-    gemm = torch.zeros_like(exact)
+    gemm = torch.zeros_like(case.acc)
     if acc.grad is not None:
-        gemm = (acc.grad.abs() * delta).nan_to_num(nan=0.0)
-    rounding = torch.zeros_like(exact)
+        gemm = (acc.grad.abs() * case.delta).nan_to_num(nan=0.0)
+    rounding = torch.zeros_like(case.acc)
     for error, value in terms:
         if error.grad is not None:
             rounding += (error.grad.abs() * value.abs()).nan_to_num(nan=0.0)
@@ -170,13 +177,11 @@ def error_bound(kernel: Kernel, *args: Any, device: str = "cuda", **floats: Any)
 
 def check(kernel: Kernel, out: torch.Tensor, *args: Any, **floats: Any) -> Mismatch | None:
     """Compare `out` = kernel(*args, **floats) with the oracle (see the module doc)."""
-    operands = reference.bind(kernel, args, floats)
-    x, w = operands["x"], operands["weight"]
-    n = w.shape[0] if kernel.gemm is Gemm.LINEAR else w.shape[1]
-    if tuple(out.shape) != (x.shape[0], n):
-        raise AssertionError(f"output shape {list(out.shape)}, expected {[x.shape[0], n]}")
-    dtype, device = out.dtype, out.device.type
-    exact = evaluations(kernel, *args, device=device, **floats)
+    dtype = out.dtype
+    case = _Case.of(kernel, args, floats, out.device.type)
+    if out.shape != case.acc.shape:
+        raise AssertionError(f"output shape {list(out.shape)}, expected {list(case.acc.shape)}")
+    exact = _evaluations(kernel, case)
     rounded = exact.to(dtype).to(torch.float64)
     got = out.detach().to(torch.float64).to(exact.device)
 
@@ -186,7 +191,7 @@ def check(kernel: Kernel, out: torch.Tensor, *args: Any, **floats: Any) -> Misma
     high = torch.where(finite, rounded, -huge).amax(0)
     any_finite = finite.any(0)
     scale = torch.where(any_finite, torch.maximum(low.abs(), high.abs()), 0.0)
-    bound = error_bound(kernel, *args, device=device, **floats)
+    bound = _error_bound(kernel, case)
     tolerance = OUTPUT_ATOL[dtype] + OUTPUT_RTOL[dtype] * scale + bound
 
     in_hull = (

@@ -11,6 +11,7 @@ from types import ModuleType
 import pytest
 
 from kgen.build import Compiled, compile_spec, read_spec, write_atomic
+from kgen.ir import Kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.fuse"))
@@ -38,6 +39,17 @@ def committed(name: str) -> tuple[Compiled, ModuleType]:
     path = ROOT / "specs" / f"{name}.fuse"
     compiled = compile_spec(read_spec(path), path.name)
     return compiled, import_file(GENERATED / f"{compiled.kernel.name}.py")
+
+
+def run(
+    module: ModuleType, kernel: Kernel, config: tuple[int, ...] | None, args, floats
+):
+    """Call the generated function (config None: the module picks its configuration) or
+    launch with a given configuration, the way a user's call would."""
+    if config is None:
+        return getattr(module, kernel.name)(*args, **floats)
+    values = [float(floats.get(f.name, f.default)) for f in kernel.floats]
+    return module._launch(config, *args, *values)
 
 
 def build_and_import(

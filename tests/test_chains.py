@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DEVICES, build_and_import
+from helpers import DEVICES, build_and_import, run
 from hypothesis import given, note
 from hypothesis import strategies as st
 from strategies import call_args, problems, random_specs
@@ -27,11 +27,7 @@ def test_random_spec_matches_reference(
     kernel = compiled.kernel
     problem = data.draw(problems(device), label="problem")
     args, floats = data.draw(call_args(kernel, problem), label="arguments")
-    if problem.config is None:
-        out = module.chain(*args, **floats)
-    else:
-        full = [floats.get(f.name, f.default) for f in kernel.floats]
-        out = module._launch(problem.config, *args, *[float(v) for v in full])
+    out = run(module, kernel, problem.config, args, floats)
     expected = getattr(torch, kernel.output_dtype) if kernel.output_dtype else problem.dtype
     assert out.dtype == expected
     testing.assert_matches_reference(kernel, out, *args, **floats)

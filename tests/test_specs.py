@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DEVICES, GENERATED, SPECS, committed
+from helpers import DEVICES, GENERATED, SPECS, committed, run
 from hypothesis import given, note
 from hypothesis import strategies as st
 from strategies import call_args, problems
@@ -28,11 +28,7 @@ def test_spec_matches_reference(name: str, device: str, data: st.DataObject) -> 
     problem = data.draw(problems(device), label="problem")
     args, floats = data.draw(call_args(kernel, problem), label="arguments")
     note(f"strides: {[tuple(a.stride()) for a in args]}")
-    if problem.config is None:
-        out = getattr(module, kernel.name)(*args, **floats)
-    else:
-        full = [floats.get(f.name, f.default) for f in kernel.floats]
-        out = module._launch(problem.config, *args, *[float(v) for v in full])
+    out = run(module, kernel, problem.config, args, floats)
     assert out.device.type == device
     expected_dtype = getattr(torch, kernel.output_dtype) if kernel.output_dtype else problem.dtype
     assert out.dtype == expected_dtype
