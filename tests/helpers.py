@@ -41,9 +41,7 @@ def committed(name: str) -> tuple[Compiled, ModuleType]:
     return compiled, import_file(GENERATED / f"{compiled.kernel.name}.py")
 
 
-def run(
-    module: ModuleType, kernel: Kernel, config: tuple[int, ...] | None, args, floats
-):
+def run(module: ModuleType, kernel: Kernel, config: tuple[int, ...] | None, args, floats):
     """Call the generated function (config None: the module picks its configuration) or
     launch with a given configuration, the way a user's call would."""
     if config is None:
