@@ -27,6 +27,7 @@ from kgen.errors import (
     ArgumentError,
     Diagnostic,
     KindError,
+    LimitError,
     NameClashError,
     NotSupportedError,
     Span,
@@ -50,6 +51,7 @@ from kgen.ir import (
     verify,
 )
 from kgen.syntax import (
+    MAX_DEPTH,
     Argument,
     BinOp,
     Call,
@@ -70,6 +72,7 @@ from kgen.syntax import (
     PrecisionStmt,
     SpecTree,
     Statement,
+    depth_error,
 )
 
 # Identifiers the generated module uses for itself (kernel, launcher, nn.Module).
@@ -128,6 +131,28 @@ RESERVED: frozenset[str] = frozenset(
         "BLOCK_K",
         "GROUP_M",
         "UPCAST_DOT",
+        # the mainloops and their launch (issue 3)
+        "TMA",
+        "FLATTEN",
+        "WIDE",
+        "TensorDescriptor",
+        "x_desc",
+        "w_desc",
+        "num_tiles",
+        "k_steps",
+        "tile_id",
+        "tma",
+        "grid",
+        "loop",
+        "block_m",
+        "block_n",
+        "block_k",
+        "group_m",
+        "num_warps",
+        "num_stages",
+        # the module's imports (a kernel of that name would replace one)
+        "os",
+        "json",
     ]
 )
 # Params become attributes of the generated nn.Module: they must not replace its own.
@@ -136,6 +161,10 @@ MODULE_ATTRIBUTES: frozenset[str] = frozenset(
 )
 
 _VALUE_INITS = ("randn", "zeros", "ones")
+# The most work (values evaluated or emitted, CSE hits included) one spec may take to
+# analyze: each call of a def repeats its body, so a few lines of defs calling defs
+# could otherwise ask for billions of operations (LANGUAGE.md).
+MAX_OPERATIONS = 100_000
 # The kernel's name is a global of the generated module: it must not hide a builtin.
 _BUILTINS: frozenset[str] = frozenset(dir(builtins))
 
@@ -188,6 +217,10 @@ class _Analyzer:
         self.bias_applied = False
         self.later: dict[str, Span] = {}  # tensors declared below the line being analyzed
         self.later_defs: dict[str, Span] = {}  # defs declared below it
+        self.depth = 0  # operators and calls enclosing the expression being built
+        self.work = 0  # values evaluated or emitted so far (MAX_OPERATIONS)
+        self.inlining: list[Span] = []  # the def calls whose bodies are being built
+        self.step: Span | None = None  # the epilogue step being built
 
     # -- entry point ---------------------------------------------------------
 
@@ -261,14 +294,15 @@ class _Analyzer:
         ]
         for float_param in floats:
             self._param(float_param)
+        floats_ = {id(s) for s in floats}  # (`in floats` would compare: quadratic)
         for stmt in self.tree.statements:
-            if isinstance(stmt, (ParamStmt, InputStmt)) and stmt not in floats:
+            if isinstance(stmt, (ParamStmt, InputStmt)) and id(stmt) not in floats_:
                 self.later.setdefault(stmt.name.name, stmt.name.span)
             elif isinstance(stmt, DefStmt):
                 self.later_defs.setdefault(stmt.name.name, stmt.name.span)
         result = acc
         for stmt in self.tree.statements:
-            if isinstance(stmt, ParamStmt) and stmt not in floats:
+            if isinstance(stmt, ParamStmt) and id(stmt) not in floats_:
                 self.later.pop(stmt.name.name, None)
                 self._param(stmt)
             elif isinstance(stmt, InputStmt):
@@ -546,6 +580,7 @@ class _Analyzer:
         boolean: bool = False,
         hint: str = "",
     ) -> Instr:
+        self._tick(span)
         key = (op, args, attr, boolean)
         if key in self.cse:
             return self.body[self.cse[key]]
@@ -583,6 +618,7 @@ class _Analyzer:
     def _epilogue(self, stmt: EpilogueStmt, acc: Instr) -> Instr:
         env = _Env(acc=acc, bound={}, visible_defs=len(self.defs))
         for step in stmt.steps:
+            self.step = step.span
             if isinstance(step, OpStep):
                 env.acc = self._op_step(step, env)
             else:
@@ -784,7 +820,11 @@ class _Analyzer:
             def_args=dict(zip(names, values, strict=False)),
             visible_defs=info.index,
         )
-        return self._expr(stmt.body, inner)
+        self.inlining.append(span)
+        try:
+            return self._expr(stmt.body, inner)
+        finally:
+            self.inlining.pop()
 
     def _check_def_body(self, e: Expr, visible_defs: int) -> None:
         """Catch unknown ops in a def's body where it is written, even if it is never used."""
@@ -802,11 +842,40 @@ class _Analyzer:
 
     # -- expressions ---------------------------------------------------------
 
+    def _tick(self, span: Span) -> None:
+        self.work += 1
+        if self.work > MAX_OPERATIONS:
+            inlined = " once its defs are inlined" if self.defs else ""
+            raise LimitError(
+                self.step or span,
+                f"the epilogue is too large: more than {MAX_OPERATIONS} operations{inlined}",
+                (
+                    "each call of a def repeats its body: bind a value used more than once to a "
+                    "name (`z = f(acc)`) and use the name"
+                    if self.defs
+                    else None
+                ),
+            )
+
     def _expr(self, e: Expr, env: _Env, allow_compare: bool = False) -> Instr:
+        self._tick(e.span)
         if isinstance(e, Number):
             return self._const(_number(e), e.span)
         if isinstance(e, Name):
             return self._name(e, env)
+        # The parser bounds how deeply an expression is written; defs inlined into
+        # one another could still nest without bound (and recurse: a few frames a level).
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise depth_error(
+                    self.inlining[0] if self.inlining else e.span, inlined=bool(self.inlining)
+                )
+            return self._operation(e, env, allow_compare)
+        finally:
+            self.depth -= 1
+
+    def _operation(self, e: Expr, env: _Env, allow_compare: bool) -> Instr:
         if isinstance(e, Neg):
             return self._arith("neg", [self._value(e.operand, env)], e.span)
         if isinstance(e, BinOp):
@@ -962,10 +1031,11 @@ _STATEMENT_WORDS: dict[type, str] = {
 
 
 def _text(text: str, span: Span) -> str:
+    """The source text under a one-line span, each run of blanks one space."""
     lines = text.split("\n")
     if span.line != span.end_line or span.line > len(lines):
         return "..."
-    return lines[span.line - 1][span.column - 1 : span.end_column - 1]
+    return " ".join(lines[span.line - 1][span.column - 1 : span.end_column - 1].split())
 
 
 def _number(number: Number) -> float:

@@ -48,9 +48,11 @@ def read_spec(path: Path) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         shown = _normalise(data.decode("utf-8", errors="replace"))
-        line_start = data.rfind(b"\n", 0, exc.start) + 1
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = len(data[line_start : exc.start].decode("utf-8", errors="replace")) + 1
+        # the position in `shown`: count what comes before the bad byte as it is shown,
+        # CR and CRLF line endings made LF and a byte-order mark dropped
+        before = _normalise(data[: exc.start].decode("utf-8"))
+        line = before.count("\n") + 1
+        column = len(before) - (before.rfind("\n") + 1) + 1
         raise EncodingError(
             Span.point(line, column),
             f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot start a character here",

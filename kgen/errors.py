@@ -97,10 +97,22 @@ class NotSupportedError(SpecError):
     """Valid syntax that this version of kgen cannot build yet (e.g. row operations)."""
 
 
+class LimitError(SpecError):
+    """An expression nested deeper than kgen handles, or an epilogue that grows too
+    large once its defs are inlined (the limits are in LANGUAGE.md)."""
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     """A hint naming the closest candidate, or None."""
     close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
+
+
+def _printable(text: str) -> str:
+    """`text` with each control or other unprintable character escaped, as \\x00."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def format_diagnostic(
@@ -108,6 +120,8 @@ def format_diagnostic(
 ) -> str:
     """`FILE:LINE:COL: severity: message`, the source line, a caret under the span, a hint."""
     lines = text.split("\n")
+    filename, message = _printable(filename), _printable(message)
+    hint = _printable(hint) if hint else hint
     head = f"{filename}:{span.line}:{span.column}: {severity}: {message}"
     if hint and hint.startswith("did you mean"):
         head += f" ({hint})"

@@ -4,7 +4,10 @@
 kgen/fuse.lark) and turns Lark's tree into the frozen dataclasses below. Every node
 keeps its `Span`, so later stages can point at the exact place of a mistake. Lark's
 own errors are translated into `FuseSyntaxError`s that speak the user's terms
-("expected ')' or ','") instead of terminal names ("RPAR, COMMA").
+("expected ')' or ','") instead of terminal names ("RPAR, COMMA"), or, for a name
+where a statement starts, an `UnknownStatementError` with the closest keyword. An
+expression nested deeper than `MAX_DEPTH` is a `LimitError`; nothing here recurses
+on the depth of the text, so no text can exhaust Python's stack.
 
 Nothing here knows what an op or a param means: that is `analyze`'s job.
 """
@@ -12,15 +15,30 @@ Nothing here knows what an op or a param means: that is `analyze`'s job.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import lark
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, Tree, v_args
+from lark.lark import PostLex
 
-from kgen.errors import FuseSyntaxError, Span
+from kgen.errors import (
+    FuseSyntaxError,
+    LimitError,
+    Span,
+    SpecError,
+    UnknownStatementError,
+    did_you_mean,
+)
+
+# How deeply an expression may nest (LANGUAGE.md): each call, binary operator,
+# comparison and unary minus is a level; parentheses and unary plus are not. Later
+# stages walk expressions recursively, a few Python frames per level, so the limit
+# keeps them far from Python's recursion limit whatever the spec.
+MAX_DEPTH = 100
 
 # ---------------------------------------------------------------------------
 # Syntax tree
@@ -208,7 +226,7 @@ def _as_argument(item: Argument | Expr) -> Argument:
 
 
 @v_args(meta=True)
-class _ToTree(Transformer[Token, SpecTree]):
+class _ToTree(Transformer_NonRecursive[Token, SpecTree]):
     def start(self, meta: Any, children: list[Statement]) -> SpecTree:
         return SpecTree(tuple(children))
 
@@ -317,15 +335,45 @@ def grammar_text() -> str:
     )
 
 
+class _WholeWords(PostLex):
+    """Makes a statement keyword a whole word: `input_x` or `define` is a name, not the
+    keyword `input` or `def` followed by `_x` or `ine`.
+
+    The contextual lexer only tries the terminals the parser can take next; where a
+    statement starts that is the keywords, and a keyword then matches the start of a
+    longer name. With NAME accepted everywhere too, Lark lexes the whole name and makes
+    it the keyword only when it is exactly one (its usual keyword-versus-name rule)."""
+
+    always_accept = ("NAME",)
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        return stream
+
+
 @functools.cache
 def _parser() -> Lark:
     return Lark(
         grammar_text(),
         parser="lalr",
         lexer="contextual",
+        postlex=_WholeWords(),
         propagate_positions=True,
         maybe_placeholders=True,
     )
+
+
+# The keywords that start a statement (the grammar's; kgen suggests the closest).
+STATEMENT_WORDS = (
+    "name",
+    "gemm",
+    "param",
+    "input",
+    "init",
+    "output",
+    "precision",
+    "def",
+    "epilogue",
+)
 
 
 # What the user typed, for each terminal Lark may say it expected.
@@ -348,6 +396,8 @@ def _describe(terminal: str) -> str:
 
 
 def _expected(names: set[str]) -> str:
+    if "_NL" in names:
+        names = names - {"$END"}  # a statement that may end the line may end the file
     words = sorted({_describe(n) for n in names}, key=lambda w: (not w.startswith("'"), w))
     if len(words) > 6:
         words = [*words[:6], "..."]
@@ -364,7 +414,20 @@ def _shown(token: Token) -> str:
     return f"'{token}'"
 
 
-def _syntax_error(text: str, exc: lark.exceptions.UnexpectedInput) -> FuseSyntaxError:
+def _accepted(exc: lark.exceptions.UnexpectedToken) -> set[str]:
+    """The terminals the parser could take where it failed. (`exc.expected` is what the
+    lexer tried there when the token came from the lexer's fallback: NAME, which
+    `_WholeWords` lets it lex everywhere, is in it even where no name may stand.)"""
+    state = exc.state
+    table = getattr(
+        getattr(getattr(state, "parse_conf", None), "parse_table", None), "states", None
+    )
+    if table is not None and state.position in table:
+        return {s for s in table[state.position] if s.isupper()}
+    return set(exc.expected)
+
+
+def _syntax_error(text: str, exc: lark.exceptions.UnexpectedInput) -> SpecError:
     if isinstance(exc, lark.exceptions.UnexpectedCharacters):
         pos = exc.pos_in_stream or 0
         char = text[pos] if pos < len(text) else ""
@@ -402,7 +465,16 @@ def _syntax_error(text: str, exc: lark.exceptions.UnexpectedInput) -> FuseSyntax
                 f"malformed number '{text[number_start:start]}{token}'",
                 "an exponent needs digits, as in 1e-5 or 2.5e3",
             )
-        expected = _expected(set(exc.expected))
+        accepted = _accepted(exc)
+        if token.type == "NAME" and "EPILOGUE" in accepted:  # where a statement starts
+            return UnknownStatementError(
+                span,
+                f"unknown statement '{token}'",
+                did_you_mean(str(token).lower(), STATEMENT_WORDS)
+                or "a statement starts with " + ", ".join(STATEMENT_WORDS[:-1]) + " or epilogue; "
+                "ops are steps of the epilogue line, as in `epilogue: bias; relu`",
+            )
+        expected = _expected(accepted)
         hint = None
         if token.type == "_NL" and "')'" in expected:
             hint = "a statement must fit on one line; close the parenthesis"
@@ -412,11 +484,40 @@ def _syntax_error(text: str, exc: lark.exceptions.UnexpectedInput) -> FuseSyntax
     return FuseSyntaxError(Span.point(len(lines), len(lines[-1]) + 1), "unexpected end of file")
 
 
+# The Lark rules that make an expression one level deeper.
+_LEVELS = frozenset(["call", "add", "sub", "mul", "div", "neg", "compare"])
+
+
+def depth_error(span: Span, inlined: bool = False) -> LimitError:
+    """The error for an expression nested deeper than MAX_DEPTH, at `span`."""
+    where = " once its defs are inlined" if inlined else ""
+    return LimitError(
+        span,
+        f"expression nested too deeply{where}: kgen handles at most {MAX_DEPTH} levels "
+        "(each call, operator and unary minus is one)",
+        "bind parts of it to names in earlier steps: `z = ...; acc = f(z)`",
+    )
+
+
+def _check_depth(tree: Tree[Token]) -> None:
+    """Raise LimitError at the first expression deeper than MAX_DEPTH (no recursion)."""
+    stack: list[tuple[Tree[Token], int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if node.data in _LEVELS:
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise depth_error(_span(node.meta))
+        stack.extend((c, depth) for c in reversed(node.children) if isinstance(c, Tree))
+
+
 def parse(text: str) -> SpecTree:
-    """Parse spec text into a syntax tree, or raise FuseSyntaxError."""
+    """Parse spec text into a syntax tree, or raise a SpecError: FuseSyntaxError,
+    UnknownStatementError, or LimitError for an expression nested too deeply."""
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedInput as exc:
         raise _syntax_error(text, exc) from None
+    _check_depth(tree)
     result: SpecTree = _ToTree().transform(tree)
     return result

@@ -7,17 +7,21 @@ then what a valid spec means: kinds, constant folding, shared and dead values, a
 
 from __future__ import annotations
 
+import ast
+import builtins
 import re
 
 import pytest
 
+import kgen.analyze
 from kgen import ops
-from kgen.analyze import analyze
+from kgen.analyze import MAX_OPERATIONS, analyze, name_problem
 from kgen.build import compile_spec
 from kgen.errors import (
     ArgumentError,
     FuseSyntaxError,
     KindError,
+    LimitError,
     NameClashError,
     NotSupportedError,
     SpecError,
@@ -27,7 +31,7 @@ from kgen.errors import (
     format_error,
 )
 from kgen.ir import Gemm, InitArg, Instr, Kernel, Kind, Role, format_kernel
-from kgen.syntax import parse
+from kgen.syntax import MAX_DEPTH, parse
 
 
 def kernel(text: str, filename: str = "k.fuse") -> Kernel:
@@ -906,6 +910,72 @@ SEMANTIC_ERRORS = [
         "the kernel's name 'foo' is also the name of a value",
         id="kernel-name-is-the-triton-kernel",
     ),
+    # the generated module imports these: a kernel of that name would replace them
+    pytest.param(
+        "name: os\nepilogue: bias",
+        NameClashError,
+        1,
+        7,
+        "the kernel name 'os' is used by the generated module",
+        id="kernel-name-os",
+    ),
+    pytest.param(
+        "name: TensorDescriptor\nepilogue: bias",
+        NameClashError,
+        1,
+        7,
+        "'TensorDescriptor' is used by the generated module",
+        id="kernel-name-TensorDescriptor",
+    ),
+    pytest.param(
+        "param json: float = 1\nepilogue: bias; mul(json)",
+        NameClashError,
+        1,
+        7,
+        "the name 'json' is used by the generated module",
+        id="param-json",
+    ),
+    # -- limits: nesting and size once defs are inlined (written nesting: test_parser)
+    pytest.param(
+        f"def f() = {'neg(' * 60}acc{')' * 60}\n"
+        f"def g() = {'neg(' * 60}f(acc){')' * 60}\n"
+        "epilogue: bias; relu; g",
+        LimitError,
+        3,
+        23,
+        f"expression nested too deeply once its defs are inlined: kgen handles at most {MAX_DEPTH}",
+        id="defs-inlined-too-deep",
+    ),
+    pytest.param(
+        f"def f() = {'neg(' * 60}acc{')' * 60}\n"
+        f"epilogue: bias; z = acc; acc = z * {'neg(' * 60}f(z){')' * 60}",
+        LimitError,
+        2,
+        276,
+        "nested too deeply once its defs are inlined",
+        id="def-call-inside-a-deep-expression",
+    ),
+    # each def calls the one before twice: 2^30 copies of f0's body, unless kgen stops
+    pytest.param(
+        "def f0() = acc + 1\n"
+        + "".join(f"def f{i}() = f{i - 1}(acc) * f{i - 1}(acc)\n" for i in range(1, 31))
+        + "epilogue: bias; relu; f30",
+        LimitError,
+        32,
+        23,
+        f"more than {MAX_OPERATIONS} operations once its defs are inlined",
+        id="defs-grow-too-large",
+    ),
+    pytest.param(
+        "def f0(a) = a\n"
+        + "".join(f"def f{i}(a) = f{i - 1}(acc, f{i - 1}(acc, a))\n" for i in range(1, 40))
+        + "epilogue: bias; z = f39(acc, acc)",
+        LimitError,
+        41,
+        17,
+        "operations once its defs are inlined",
+        id="defs-that-emit-nothing-grow-too-large",
+    ),
 ]
 
 
@@ -975,6 +1045,28 @@ def test_value_used_as_a_step_hints_mul() -> None:
 def test_comparison_outside_where_hints_where() -> None:
     err = error("epilogue: bias; add(acc > 0)")
     assert err.hint == "write where(acc > 0, a, b)"
+
+
+def test_comparison_hint_shows_the_comparison_on_one_line() -> None:
+    err = error("epilogue: bias; add(acc\t>\x0c\r0)")
+    assert err.hint == "write where(acc > 0, a, b)"
+
+
+def test_unknown_initialiser_suggests_the_closest() -> None:
+    err = error("param v: vector[N] = rand\nepilogue: bias; add(v)")
+    assert err.hint == "did you mean 'randn'?"
+
+
+def test_too_large_without_defs_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kgen.analyze, "MAX_OPERATIONS", 1000)  # (the real one is slow to reach)
+    text = "epilogue: bias" + "; add(1)" * 500
+    err = error(text)
+    assert type(err) is LimitError
+    assert err.message == "the epilogue is too large: more than 1000 operations"
+    # at the step that went over: about the 333rd, 3 operations each
+    assert err.span.line == 1 and text[err.span.column - 1 :].startswith("add(1)")
+    assert 300 < text[: err.span.column].count(";") < 340
+    assert err.hint is None
 
 
 def test_bias_with_matmul_hints_a_vector_param() -> None:
@@ -1532,7 +1624,7 @@ def test_mutilated_specs_fail_only_with_spec_errors() -> None:
     for text in variants:
         try:
             tree = parse(text)
-        except FuseSyntaxError:
+        except (FuseSyntaxError, UnknownStatementError):
             continue
         try:
             analyze(tree, "k.fuse", text)
@@ -1547,3 +1639,30 @@ def test_square_linear_takes_its_size_once() -> None:
     kernel = compile_spec("gemm: linear(d_model, d_model)\nepilogue: bias\n", "sq.fuse").kernel
     assert [a.name for a in kernel.init] == ["d_model"]
     assert kernel.in_features == kernel.out_features == "d_model"
+
+
+def _globals(source: str) -> set[str]:
+    """The names a module binds at its top level."""
+    names: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+def test_no_kernel_name_can_replace_a_global_of_the_generated_module() -> None:
+    """The kernel is the one global a spec names: every other global of the module
+    (its imports, helpers, tables) must be a name the analyzer refuses for it."""
+    compiled = compile_spec(GATED, "gated.fuse")
+    mine = {compiled.kernel.name, f"{compiled.kernel.name}_kernel"}
+    others = _globals(compiled.source) - mine
+    assert {"torch", "triton", "tl", "ModelNew"} <= others
+    for name in sorted(others):
+        assert name_problem(name) is not None or name in dir(builtins), name
+        with pytest.raises(NameClashError):
+            kernel(f"name: {name}\nepilogue: bias")

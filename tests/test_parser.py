@@ -12,8 +12,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from kgen.errors import FuseSyntaxError, Span, SpecError, format_error
+from kgen.errors import (
+    FuseSyntaxError,
+    LimitError,
+    Span,
+    SpecError,
+    UnknownStatementError,
+    format_error,
+)
 from kgen.syntax import (
+    MAX_DEPTH,
+    STATEMENT_WORDS,
     Argument,
     BindStep,
     BinOp,
@@ -37,6 +46,7 @@ from kgen.syntax import (
     SpecTree,
     Statement,
     Step,
+    _parser,
     parse,
 )
 
@@ -631,9 +641,8 @@ SYNTAX_ERRORS = [
     pytest.param("epilogue: bias; add(,1)", 1, 21, "got ','", id="leading-comma-in-call"),
     pytest.param("epilogue: add(1 2)", 1, 17, "got '2'", id="missing-comma"),
     pytest.param("epilogue: bias; add(2 ** 3)", 1, 24, "got '*'", id="power-operator"),
-    pytest.param("relu", 1, 1, "got 'relu'", id="op-as-statement"),
-    pytest.param("name: k\n\nsigmoid: acc", 3, 1, "got 'sigmoid'", id="op-as-statement-line-3"),
-    pytest.param("Epilogue: bias", 1, 1, "got 'Epilogue'", id="capitalised-keyword"),
+    pytest.param("3: relu", 1, 1, "expected 'def', 'epilogue'", id="number-as-statement"),
+    pytest.param("(relu)", 1, 1, "got '('", id="parenthesis-as-statement"),
     pytest.param("epilogue:", 1, 10, "expected a name, got end of file", id="empty-epilogue"),
     pytest.param("epilogue: 3", 1, 11, "expected a name, got '3'", id="number-as-step"),
     pytest.param("epilogue: bias; (relu)", 1, 17, "got '('", id="parenthesised-step"),
@@ -679,6 +688,116 @@ def test_syntax_error_position_and_message(
     assert (err.span.line, err.span.column) == (line, column)
     assert fragment in err.message
     assert isinstance(err, SpecError)
+
+
+# A name where a statement starts: the statement kgen does not know, with the closest
+# keyword. A keyword is a whole word: `paramb` is not `param b` (it used to be).
+STATEMENT_ERRORS = [
+    pytest.param("relu", 1, 1, "'relu'", "a statement starts with", id="op-as-statement"),
+    pytest.param(
+        "name: k\n\nsigmoid: acc", 3, 1, "'sigmoid'", "epilogue: bias; relu", id="op-line-3"
+    ),
+    pytest.param("Epilogue: bias", 1, 1, "'Epilogue'", "'epilogue'", id="capitalised-keyword"),
+    pytest.param("EPILOGUE: bias", 1, 1, "'EPILOGUE'", "'epilogue'", id="upper-case-keyword"),
+    pytest.param("epilog: bias; relu", 1, 1, "'epilog'", "'epilogue'", id="misspelled-epilogue"),
+    pytest.param("name: k\n  precison: tf32", 2, 3, "'precison'", "'precision'", id="indented"),
+    pytest.param("gemm: linear(a, b)\nouput: float16", 2, 1, "'ouput'", "'output'", id="ouput"),
+    pytest.param("params s: float = 1", 1, 1, "'params'", "'param'", id="plural-param"),
+    pytest.param("paramb: vector[N] = randn", 1, 1, "'paramb'", "'param'", id="glued-param"),
+    pytest.param("define f() = acc", 1, 1, "'define'", "'def'", id="define"),
+    pytest.param("input_x: [M]", 1, 1, "'input_x'", "'input'", id="input_x"),
+    pytest.param("epiloguebias; relu", 1, 1, "'epiloguebias'", "'epilogue'", id="glued-epilogue"),
+    pytest.param("names: k", 1, 1, "'names'", "'name'", id="plural-name"),
+    pytest.param("\t\x0c gemmx: linear(a, b)", 1, 4, "'gemmx'", "'gemm'", id="after-blanks"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "column", "fragment", "hint"), STATEMENT_ERRORS)
+def test_unknown_statement(text: str, line: int, column: int, fragment: str, hint: str) -> None:
+    with pytest.raises(UnknownStatementError) as info:
+        parse(text)
+    err = info.value
+    assert (err.span.line, err.span.column) == (line, column)
+    assert err.message == f"unknown statement {fragment}"
+    assert err.hint is not None and hint in err.hint
+
+
+def test_unknown_statement_renders_its_suggestion_on_the_first_line() -> None:
+    text = "name: k\nepilog: bias"
+    with pytest.raises(UnknownStatementError) as info:
+        parse(text)
+    rendered = format_error("k.fuse", text, info.value).splitlines()
+    assert rendered[0] == "k.fuse:2:1: error: unknown statement 'epilog' (did you mean 'epilogue'?)"
+    assert rendered[2] == "      | ^~~~~~"
+
+
+def test_statement_words_are_the_grammars_keywords() -> None:
+    keywords = {
+        t.pattern.value
+        for t in _parser().terminals
+        if t.pattern.type == "str" and t.pattern.value.isalpha()
+    }
+    assert keywords == set(STATEMENT_WORDS)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "param paramb: float = 1",
+        "input input_x: [M, N]",
+        "def define(param) = acc * param",
+        "name: names",
+        "epilogue: epiloguex = acc; defs = epiloguex; acc = defs",
+    ],
+)
+def test_names_that_start_with_a_keyword_are_names(text: str) -> None:
+    parse(text)
+
+
+# ---------------------------------------------------------------------------
+# Nesting deeper than kgen handles: an error at the first level too deep
+
+DEPTH_ERRORS = [
+    pytest.param(EXPR_PREFIX + "neg(" * 1000 + "acc" + ")" * 1000, 1, 417, id="calls"),
+    pytest.param(EXPR_PREFIX + "-" * 1000 + "acc", 1, 117, id="unary-minus"),
+    pytest.param(EXPR_PREFIX + "-(" * 1000 + "acc" + ")" * 1000, 1, 217, id="minus-parentheses"),
+    pytest.param(EXPR_PREFIX + " + ".join(["acc"] * 5000), 1, 17, id="long-sum"),
+    pytest.param(EXPR_PREFIX + "2" + " * 2" * (MAX_DEPTH + 1), 1, 17, id="long-product"),
+    pytest.param(
+        "name: k\nepilogue: bias; add(" + "exp(" * 500 + "acc" + ")" * 501, 2, 421, id="in-a-step"
+    ),
+    pytest.param("def f() = " + "neg(" * 101 + "acc" + ")" * 101, 1, 411, id="in-a-def"),
+    # the 100th where is level 100, and its comparison, at 1:1805, level 101
+    pytest.param(
+        EXPR_PREFIX + "where(acc > 0, 1, " * 100 + "acc" + ")" * 100, 1, 1805, id="comparison"
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "column"), DEPTH_ERRORS)
+def test_nesting_too_deep(text: str, line: int, column: int) -> None:
+    with pytest.raises(LimitError) as info:
+        parse(text)
+    err = info.value
+    assert (err.span.line, err.span.column) == (line, column)
+    assert f"at most {MAX_DEPTH} levels" in err.message
+    assert err.hint is not None and "z = " in err.hint
+    format_error("k.fuse", text, err)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param("neg(" * MAX_DEPTH + "acc" + ")" * MAX_DEPTH, id="calls"),
+        pytest.param("-" * MAX_DEPTH + "acc", id="unary-minus"),
+        pytest.param(" + ".join(["acc"] * (MAX_DEPTH + 1)), id="sum"),
+        # parentheses and unary plus are no levels
+        pytest.param("(" * 5000 + "acc" + ")" * 5000, id="parentheses"),
+        pytest.param("+" * 5000 + "acc", id="unary-plus"),
+    ],
+)
+def test_nesting_up_to_the_limit_parses(source: str) -> None:
+    expr(source)
 
 
 def test_syntax_error_span_covers_the_offending_token() -> None:
@@ -733,7 +852,7 @@ def test_prefixes_and_deletions_fail_only_with_syntax_errors_inside_the_text() -
     for text in variants:
         try:
             parse(text)
-        except FuseSyntaxError as err:
+        except (FuseSyntaxError, UnknownStatementError) as err:
             failures += 1
             lines = text.split("\n")
             assert 1 <= err.span.line <= len(lines), (text, err)
@@ -796,6 +915,17 @@ def test_format_error_expands_tabs_so_the_caret_lines_up() -> None:
     assert rendered[1] == "    1 | epilogue: bias; $"
     assert _caret_column(rendered) == 17
     assert rendered[1][rendered[2].index("^")] == "$"
+
+
+def test_format_error_escapes_control_characters_in_messages_and_hints() -> None:
+    err = SpecError(S(1, 3, 4), "bad \x1b[31m\r", "write where(a\t<\x00b, a, b)")
+    rendered = format_error("k\n.fuse", "ab\x00c", err).splitlines()
+    assert rendered == [
+        "k\\n.fuse:1:3: error: bad \\x1b[31m\\r",
+        "    1 | ab?c",
+        "      |   ^",
+        "      = hint: write where(a\\t<\\x00b, a, b)",
+    ]
 
 
 def test_format_error_on_a_later_line_of_a_crlf_file() -> None:
