@@ -3,20 +3,27 @@
     kgen build SPEC... [-o DIR]          write DIR/<name>.py for each spec (DIR: generated/)
     kgen build --check SPEC... [-o DIR]  exit 1 naming the modules that are stale
     kgen show SPEC [--ir | --source]     print the IR or the generated module
+    kgen check FILE...                   verify Triton modules (kgen/check.py has the rules)
+    kgen tune SPEC... --shapes MxNxK,... [--dtypes ...]   GPU: record the fastest configs
+    kgen bench SPEC... --shapes MxNxK,... [--dtypes ...]  GPU: kgen vs cuBLAS, eager, compile
 
-Exit status: 0 success, 1 errors in a spec (or stale modules), 2 usage. Errors print
-as `FILE:LINE:COL: error: message`, the line and a caret; never a traceback.
+Exit status: 0 success, 1 errors in a spec (or stale modules, or check findings), 2 usage.
+Errors print as `FILE:LINE:COL: error: message`, the line and a caret; check findings as
+`FILE:LINE: rule: message`; never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
-from typing import TextIO
+from types import ModuleType
+from typing import Any, TextIO
 
 from kgen import __version__
 from kgen.build import build, compile_spec, read_spec
+from kgen.check import check_files
 from kgen.errors import Diagnostic, EncodingError, SpecError, format_diagnostic, format_error
 from kgen.ir import format_kernel
 
@@ -51,6 +58,39 @@ def _parser() -> argparse.ArgumentParser:
     what = s.add_mutually_exclusive_group()
     what.add_argument("--ir", action="store_true", help="print the IR")
     what.add_argument("--source", action="store_true", help="print the module (default)")
+
+    for name, help_ in (
+        ("tune", "time launch configurations on this GPU; record the best beside the module"),
+        ("bench", "time kgen against torch.mm, eager PyTorch and torch.compile on this GPU"),
+    ):
+        g = commands.add_parser(name, help=help_)
+        g.add_argument("specs", nargs="+", type=Path, metavar="SPEC", help=".fuse files")
+        g.add_argument(
+            "--shapes", required=True, metavar="MxNxK,...", help="e.g. 2048x8192x8192,128x512x1024"
+        )
+        g.add_argument(
+            "--dtypes", default="float16", metavar="DTYPE,...", help="float16, bfloat16, float32"
+        )
+        g.add_argument(
+            "-o",
+            "--out",
+            type=Path,
+            default=DEFAULT_OUT,
+            metavar="DIR",
+            help="the modules' directory",
+        )
+        if name == "bench":
+            g.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+            g.add_argument(
+                "--results",
+                type=Path,
+                default=None,
+                metavar="JSON",
+                help="append rows here (default: bench/results/<gpu>.json) and plot beside it",
+            )
+
+    c = commands.add_parser("check", help="statically verify Triton modules")
+    c.add_argument("files", nargs="+", type=Path, metavar="FILE", help="Python modules")
     return parser
 
 
@@ -110,11 +150,132 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    for path in args.files:
+        if path.is_dir():
+            parser.error(f"'{path}' is a directory, not a Python module")
+        if not path.exists():
+            parser.error(f"cannot read '{path}': no such file")
+    findings = check_files(args.files)
+    for finding in findings:
+        print(finding)
+    files = len(args.files)
+    checked = f"{files} file{'s' if files != 1 else ''} checked"
+    if findings:
+        count = f"{len(findings)} finding{'s' if len(findings) != 1 else ''}"
+        where = len({f.path for f in findings})
+        print(f"{checked}: {count} in {where} of them", file=sys.stderr)
+        return 1
+    print(f"{checked}, no findings", file=sys.stderr)
+    return 0
+
+
+def import_file(path: Path) -> ModuleType:
+    """Import a generated module from its file (the GPU compiler needs the source on disk)."""
+    spec = importlib.util.spec_from_file_location(f"kgen_generated_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _gpu_cases(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> list[tuple[Any, ModuleType, list[Any], list[Any]]]:
+    """(kernel, module, shapes, dtypes) per spec, for tune and bench: the modules in DIR
+    must be current (what `kgen build` writes), and a CUDA GPU present."""
+    import torch
+
+    from kgen.tune import DTYPES, Shape
+
+    try:
+        shapes = [Shape.parse(s) for s in args.shapes.split(",") if s]
+    except ValueError as error:
+        parser.error(str(error))
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in DTYPES:
+            parser.error(f"unknown dtype {d!r}: choose from {', '.join(DTYPES)}")
+    if not torch.cuda.is_available():
+        print(f"kgen {args.command}: needs a CUDA GPU; none is visible", file=sys.stderr)
+        raise SystemExit(2)
+    report = build(args.specs, args.out, check=True)
+    cases = []
+    for r in report.results:
+        if r.error is not None:
+            print(format_error(str(r.path), r.text, r.error), file=sys.stderr)
+            raise SystemExit(1)
+        if r.stale or r.compiled is None or r.output is None:
+            print(f"{r.output}: stale: run `kgen build {r.path}` first", file=sys.stderr)
+            raise SystemExit(1)
+        module = import_file(r.output)
+        cases.append((r.compiled.kernel, module, shapes, [DTYPES[d] for d in dtypes]))
+    return cases
+
+
+def _tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from kgen import tune
+
+    cases = _gpu_cases(args, parser)
+    gpu = torch.cuda.get_device_name()
+    for kernel, module, shapes, dtypes in cases:
+        for dtype in dtypes:
+            for shape in shapes:
+                best, results = tune.tune_case(module, kernel, shape, dtype)
+                timed = sum(1 for r in results if r.error is None)
+                if best is None:
+                    print(
+                        f"{kernel.name} {shape} {str(dtype)[6:]}: no candidate ran", file=sys.stderr
+                    )
+                    return 1
+                path = tune.tuning_path(args.out, kernel)
+                tune.record(path, gpu, dtype, shape, best.config)
+                print(
+                    f"{kernel.name} {shape} {str(dtype)[6:]}: {best.config} "
+                    f"{best.ms * 1e3:.1f} us ({timed} of {len(results)} candidates timed) -> {path}"
+                )
+    return 0
+
+
+def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from kgen import bench
+
+    rows = []
+    for kernel, module, shapes, dtypes in _gpu_cases(args, parser):
+        for dtype in dtypes:
+            for shape in shapes:
+                rows.append(bench.bench_case(module, kernel, shape, dtype, not args.no_compile))
+                print(bench.table(rows[-1:]).splitlines()[-1], flush=True)
+    print(bench.table(rows))
+    results = (
+        args.results
+        or Path("bench/results") / f"{bench.gpu_slug(torch.cuda.get_device_name())}.json"
+    )
+    bench.append_rows(results, rows)
+    try:
+        bench.plot(results, results.with_suffix(".png"))
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+    print(f"rows appended to {results}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    _readable(args.specs if args.command == "build" else [args.spec], parser)
+    if args.command != "check":
+        _readable([args.spec] if args.command == "show" else args.specs, parser)
     try:
+        if args.command == "check":
+            return _check(args, parser)
+        if args.command == "tune":
+            return _tune(args, parser)
+        if args.command == "bench":
+            return _bench(args, parser)
         if args.command == "build":
             return _build(args)
         return _show(args)

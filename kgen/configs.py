@@ -1,74 +1,111 @@
-"""Launch configurations: the one place that decides tiles, warps and stages.
+"""Launch configurations: the one place that decides tiles, warps, stages and mainloop.
 
-The candidate configurations (`_CONFIGS`) and `choose_config` are copied verbatim into
-every generated module (as `_CONFIGS` and `_config`), so kgen, its tests and the
-modules share one definition. They follow the rules of the seed prompts
-(shared/seeds/): power-of-two blocks, num_warps in {4, 8}, num_stages in {2, 3}, a few
-configurations with the conservative baseline (4 warps, 2 stages) among them. Tuning
-per shape (issue 3) will replace the heuristic with measured choices; the tuple
-layout stays.
+A configuration is (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, loop), where
+`loop` picks the kernel's mainloop and launch (all share one epilogue and its one store):
 
-A configuration is (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages).
+- "pointer": tiles loaded through pointers with contiguity hints, one program per tile.
+  Works for every layout and GPU; the choice for small problems.
+- "tma": tiles loaded through tensor descriptors (Hopper's TMA copy engine), one program
+  per tile. Needs a 16-byte-aligned base and row stride and a contiguous last dimension.
+- "persistent": TMA, one program per SM looping over the tiles; the compiler pipelines
+  the next tile's loads under this tile's epilogue (`tl.range(flatten=True)`).
+
+Warp specialization (`tl.range(warp_specialize=True)`) is not offered: on the H100 with
+Triton 3.6 it gained nothing over "persistent" (2048x8192x8192 fp16, 128x256 tiles:
+374 vs 365 us) and a 4-warp, 2-stage configuration of it hung the GPU.
+
+Rules, from the seed prompts (shared/seeds/): power-of-two blocks, num_warps in {4, 8},
+num_stages in {2, 3}, the conservative baseline (4 warps, 2 stages) among the choices.
+
+What a module launches: the measured best for its GPU, dtype and shape bucket, from the
+tuning file `kgen tune` writes beside it (`<kernel>.tuning.json`), or else
+`_heuristic`'s pick from `_CONFIGS`. `_CONFIGS`, `_bucket` and `_heuristic` are copied
+verbatim into every generated module, so kgen, its tests and the modules share one
+definition. `SPACE` and `candidates` are what `kgen tune` searches.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 
 import torch
 import triton
 
-Config = tuple[int, int, int, int, int, int]
+Config = tuple[int, int, int, int, int, int, str]
 
 NUM_WARPS = (4, 8)
 NUM_STAGES = (2, 3)
+LOOPS = ("pointer", "tma", "persistent")
+TMA_LOOPS = LOOPS[1:]
 
-# Every configuration a module may launch (BLOCK_K is capped at 32 for fp32 operands,
-# to keep the stages within shared memory, and at K for short problems). The name
-# says when `choose_config` picks it. Emitted into each module as this same literal.
+# The heuristic's choices; the name says when `_heuristic` picks each.
 _CONFIGS: dict[str, Config] = {
-    # enough 128x128 tiles to fill an H100's 132 SMs
-    "large": (128, 128, 64, 8, 8, 3),
-    "medium": (64, 64, 64, 8, 4, 3),
-    # few rows (M <= 32): a 32-row tile wastes less of its height
-    "few_rows": (32, 64, 64, 8, 4, 3),
+    # many output tiles, 16-bit operands, TMA possible: persistent, 128x256 tiles
+    "large_tma": (128, 256, 64, 8, 8, 3, "persistent"),
+    # many output tiles, fp32 operands (half the elements per byte of shared memory)
+    "large_tma_fp32": (128, 128, 32, 8, 8, 3, "persistent"),
+    # many output tiles, no TMA (odd strides or alignment, pre-Hopper GPU)
+    "large": (128, 128, 64, 8, 8, 3, "pointer"),
+    "medium": (64, 64, 64, 8, 4, 3, "pointer"),
+    # few rows (M <= 32), or few tiles: small tiles keep more SMs busy
+    "few_rows": (32, 64, 64, 8, 4, 3, "pointer"),
     # the seeds' conservative baseline (4 warps, 2 stages): K fits in one or two steps,
     # so deeper pipelining buys nothing
-    "baseline": (64, 64, 32, 8, 4, 2),
+    "baseline": (64, 64, 32, 8, 4, 2, "pointer"),
 }
 CONFIGS = _CONFIGS
 
 
-def choose_config(M: int, N: int, K: int, dtype: torch.dtype) -> Config:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) for this problem:
-    one of _CONFIGS, with BLOCK_K capped for fp32 and short K (tl.dot needs >= 16)."""
+def _bucket(M: int, N: int, K: int) -> str:
+    """The tuning file's shape key: each size rounded up to a power of two."""
+    return f"{triton.next_power_of_2(M)}x{triton.next_power_of_2(N)}x{triton.next_power_of_2(K)}"
+
+
+def _heuristic(
+    M: int, N: int, K: int, dtype: torch.dtype, tma: bool
+) -> tuple[int, int, int, int, int, int, str]:
+    """A configuration for a shape nobody tuned: one of _CONFIGS, with BLOCK_K capped
+    for fp32 operands and for short K (tl.dot needs >= 16)."""
     if K <= 64:
         name = "baseline"
     elif triton.cdiv(M, 128) * triton.cdiv(N, 128) >= 128:
         name = "large"
+        if tma:
+            name = "large_tma_fp32" if dtype == torch.float32 else "large_tma"
     elif M <= 32:
         name = "few_rows"
     else:
         name = "medium"
-    block_m, block_n, block_k, group_m, num_warps, num_stages = _CONFIGS[name]
+    block_m, block_n, block_k, group_m, num_warps, num_stages, loop = _CONFIGS[name]
     if dtype == torch.float32:
         block_k = min(block_k, 32)
     block_k = min(block_k, max(16, triton.next_power_of_2(K)))
-    return (block_m, block_n, block_k, group_m, num_warps, num_stages)
+    return (block_m, block_n, block_k, group_m, num_warps, num_stages, loop)
+
+
+def choose_config(M: int, N: int, K: int, dtype: torch.dtype, tma: bool = False) -> Config:
+    """The untuned choice (what `_heuristic` in a generated module returns)."""
+    return _heuristic(M, N, K, dtype, tma)
+
+
+def bucket(M: int, N: int, K: int) -> str:
+    return _bucket(M, N, K)
 
 
 def source() -> str:
-    """`_CONFIGS` and `choose_config` (renamed `_config`) for the generated module."""
-    head, body = inspect.getsource(choose_config).split("\n", 1)
-    assert head.startswith("def choose_config(") and head.endswith(":"), head
+    """`_CONFIGS`, `_bucket` and `_heuristic`, verbatim, for the generated module."""
     table = "\n".join(f"    {name!r}: {config!r}," for name, config in _CONFIGS.items())
-    configs = "# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages); see kgen/configs.py\n"
-    return f"{configs}_CONFIGS = {{\n{table}\n}}\n\n\ndef _config(M, N, K, dtype):\n{body}"
+    head = (
+        "# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, loop); see kgen/configs.py"
+    )
+    functions = "\n\n".join(inspect.getsource(f) for f in (_bucket, _heuristic))
+    return f"{head}\n_CONFIGS = {{\n{table}\n}}\n\n\n{functions}"
 
 
 def is_valid(config: Config) -> bool:
     """Does a configuration follow the rules above?"""
-    block_m, block_n, block_k, group_m, num_warps, num_stages = config
+    block_m, block_n, block_k, group_m, num_warps, num_stages, loop = config
 
     def pow2(v: int) -> bool:
         return v >= 16 and v & (v - 1) == 0
@@ -78,4 +115,76 @@ def is_valid(config: Config) -> bool:
         and group_m >= 1
         and num_warps in NUM_WARPS
         and num_stages in NUM_STAGES
+        and loop in LOOPS
     )
+
+
+# ---------------------------------------------------------------------------
+# What `kgen tune` searches
+
+SPACE: dict[str, tuple[int, ...] | tuple[str, ...]] = {
+    "block_m": (32, 64, 128, 256),
+    "block_n": (32, 64, 128, 256),
+    "block_k": (32, 64, 128),
+    "group_m": (8,),
+    "num_warps": NUM_WARPS,
+    "num_stages": NUM_STAGES,
+    "loop": LOOPS,
+}
+
+
+def candidates(M: int, N: int, K: int, dtype: torch.dtype, tma: bool, num_sms: int) -> list[Config]:
+    """SPACE pruned by shape and by the seeds' rules, before any compile (the compiled
+    kernels' registers, spills and shared memory prune further: kgen.tune).
+
+    - blocks no larger than the problem rounded up to a power of two (a 128-row tile
+      for 16 rows wastes 7/8 of its work); fp32 operands: BLOCK_K <= 32 (a stage of fp32
+      tiles takes twice the shared memory);
+    - at most 128 fp32 accumulator values per thread (the seeds: "regs > 128 -> fewer
+      warps"; 128x256 tiles with 4 warps spill heavily: shared/notes);
+    - TMA loops wherever descriptors can address the operands (then the pointer loop
+      is not tried: it only serves layouts TMA cannot take), persistent ones only when
+      there are more tiles than SMs and not few tiles;
+    - few tiles (fewer 64x64 tiles than SMs): tiles of at most 64x64 and 4 warps, so
+      more SMs get work (the seeds' small-M rule), and BLOCK_K of 64 or more (fewer,
+      longer k-steps);
+    - many tiles (two waves of 128x128 or more): 128-row tiles at least 128 wide (fewer
+      re-reads of the operands; the H100 measurements in shared/notes); BLOCK_K = 64
+      (32 for fp32), as between the two.
+    """
+    fp32 = dtype == torch.float32
+    few = triton.cdiv(M, 64) * triton.cdiv(N, 64) < num_sms
+    many = triton.cdiv(M, 128) * triton.cdiv(N, 128) >= 2 * num_sms
+    out: list[Config] = []
+    for values in itertools.product(*SPACE.values()):
+        bm, bn, bk, gm, warps, stages = (int(str(v)) for v in values[:6])
+        loop = str(values[6])
+        if bm > max(32, triton.next_power_of_2(M)) or bn > max(32, triton.next_power_of_2(N)):
+            continue
+        k_cap = 32 if fp32 else min(64, max(32, triton.next_power_of_2(K)))
+        if bk > max(32, triton.next_power_of_2(K)) or (fp32 and bk > 32):
+            continue
+        if bm * bn // (32 * warps) > 128:
+            continue
+        if loop != "pointer" and not tma:
+            continue
+        if loop == "pointer" and tma and not few:
+            continue
+        tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+        if loop == "persistent" and (few or tiles <= num_sms):
+            continue
+        if few and (bm > 64 or bn > 64 or warps != 4 or bk < k_cap):
+            continue
+        m_big = min(128, max(32, triton.next_power_of_2(M)))
+        n_big = min(128, max(32, triton.next_power_of_2(N)))
+        if many and (bm != m_big or bn < n_big or bk != k_cap):
+            continue
+        if not few and not many:
+            m_cap = min(64, max(32, triton.next_power_of_2(M)))
+            n_cap = min(64, max(32, triton.next_power_of_2(N)))
+            if bm < m_cap or bn < n_cap or max(bm, bn) > 128 or bk != k_cap:
+                continue
+            if bm * bn >= 64 * 64 and bm * bn // (32 * warps) < 32:
+                continue
+        out.append((bm, bn, bk, gm, warps, stages, loop))
+    return out

@@ -116,51 +116,83 @@ def _load(operand: Operand) -> str:
 
 
 _MAINLOOP = """
-    # -- program -> output tile, grouped along M for L2 reuse (Triton tutorial 03)
-    pid = tl.program_id(axis=0)
+    # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
+    # tile each unless the launch is persistent), in grouped order along M for L2 reuse
+    # (Triton tutorials 03 and 09)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_tiles = num_pid_m * num_pid_n
     num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
-
-    # -- GEMM mainloop, fp32 accumulator
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_steps = tl.cdiv(K, BLOCK_K)
     offs_k = tl.arange(0, BLOCK_K)
-    # Rows and columns past the edge wrap onto valid ones, so the tile loads need no
-    # M/N mask; their results are masked at the store. The hints keep loads vectorized.
-    offs_xm = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
-    offs_wn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
-    x_ptrs = x_ptr + (offs_xm[:, None] * stride_xm + offs_k[None, :] * stride_xk)
-    w_ptrs = weight_ptr + (offs_k[:, None] * stride_wk + offs_wn[None, :] * stride_wn)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k_step in range(0, tl.cdiv(K, BLOCK_K)):
-        k_mask = offs_k < K - k_step * BLOCK_K
-        x_tile = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
-        w_tile = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
-        if x_tile.dtype == tl.float32:
-            {fp32_dot}
-        elif UPCAST_DOT:
-            # The interpreter's tl.dot is wrong for bf16 (triton#11584); products of
-            # 16-bit values are exact in fp32, so the upcast changes nothing else.
-            x_tile = x_tile.to(tl.float32)
-            w_tile = w_tile.to(tl.float32)
-            acc = tl.dot(x_tile, w_tile, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x_tile, w_tile, acc)
-        x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
+    if WIDE:
+        # some offset can pass 2^31 - 1: index arithmetic in int64
+        offs_k = offs_k.to(tl.int64)
+{wide_strides}
+    for tile_id in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=FLATTEN):
+        group_id = tile_id // num_pid_in_group
+        first_pid_m = group_id * GROUP_M
+        group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+        pid_m = first_pid_m + ((tile_id % num_pid_in_group) % group_size_m)
+        pid_n = (tile_id % num_pid_in_group) // group_size_m
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        if WIDE:
+            offs_m = offs_m.to(tl.int64)
+            offs_n = offs_n.to(tl.int64)
 
-    # -- epilogue: fp32, in registers
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    mask_mn = mask_m[:, None] & mask_n[None, :]
+        # -- GEMM mainloop, fp32 accumulator
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if TMA:
+            # Tensor descriptors (Hopper's TMA copy engine): tiles arrive in shared
+            # memory, with rows, columns and k past the edges filled with zeros.
+            for k_step in range(k_steps):
+                x_tile = x_desc.load([pid_m * BLOCK_M, k_step * BLOCK_K])
+                w_tile = {w_desc_load}
+                acc = _dot(x_tile, w_tile, acc, UPCAST_DOT)
+        else:
+            # Pointers. Rows and columns past the edge wrap onto valid ones, so the
+            # tile loads need no M/N mask; their results are masked at the store. The
+            # hints keep the loads vectorized.
+            offs_xm = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
+            offs_wn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+            x_ptrs = x_ptr + (offs_xm[:, None] * stride_xm + offs_k[None, :] * stride_xk)
+            w_ptrs = weight_ptr + (offs_k[:, None] * stride_wk + offs_wn[None, :] * stride_wn)
+            for k_step in range(k_steps):
+                k_mask = offs_k < K - k_step * BLOCK_K
+                x_tile = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
+                w_tile = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
+                acc = _dot(x_tile, w_tile, acc, UPCAST_DOT)
+                x_ptrs += BLOCK_K * stride_xk
+                w_ptrs += BLOCK_K * stride_wk
+
+        # -- epilogue: fp32, in registers
+        mask_m = offs_m < M
+        mask_n = offs_n < N
+        mask_mn = mask_m[:, None] & mask_n[None, :]
 """
 
+# The kernel's compile-time parameters, set by the launcher from the configuration
+# (see kgen/configs.py) and from the operands.
+_CONSTEXPRS = (
+    "BLOCK_M",
+    "BLOCK_N",
+    "BLOCK_K",
+    "GROUP_M",
+    "TMA",  # tiles through tensor descriptors (else through pointers)
+    "FLATTEN",  # persistent launch: let the compiler pipeline across tiles
+    "WIDE",  # int64 offsets
+    "UPCAST_DOT",  # the interpreter's bf16 tl.dot workaround
+)
+
+_W_DESC_LOAD = {
+    # linear: weight is [N, K], its descriptor's blocks [BLOCK_N, BLOCK_K]
+    Gemm.LINEAR: "w_desc.load([pid_n * BLOCK_N, k_step * BLOCK_K]).T",
+    # matmul: weight is [K, N], blocks [BLOCK_K, BLOCK_N]
+    Gemm.MATMUL: "w_desc.load([k_step * BLOCK_K, pid_n * BLOCK_N])",
+}
+
+# acc + x_tile @ w_tile with an fp32 accumulator, for the spec's fp32 precision.
 _FP32_DOT = {
     "tf32x3": 'acc = tl.dot(x_tile, w_tile, acc, input_precision="tf32x3")',
     "tf32": 'acc = tl.dot(x_tile, w_tile, acc, input_precision="tf32")',
@@ -168,11 +200,28 @@ _FP32_DOT = {
     "bf16x3": "acc = _dot_bf16x3(x_tile, w_tile, acc, UPCAST_DOT)",
 }
 
+_DOT = """
+@triton.jit
+def _dot(x_tile, w_tile, acc, UPCAST_DOT: tl.constexpr):
+    # acc + x_tile @ w_tile, accumulated in fp32; fp32 operands at the spec's precision
+    if x_tile.dtype == tl.float32:
+        {fp32_dot}
+    elif UPCAST_DOT:
+        # The interpreter's tl.dot is wrong for bf16 (triton#11584); products of
+        # 16-bit values are exact in fp32, so the upcast changes nothing else.
+        acc = tl.dot(x_tile.to(tl.float32), w_tile.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(x_tile, w_tile, acc)
+    return acc
+"""
+
 _DOT_BF16X3 = """
 @triton.jit
 def _dot_bf16x3(a, b, acc, UPCAST_DOT: tl.constexpr):
     # fp32 operands as hi + lo bf16 pairs; three bf16 products (lo * lo dropped,
-    # about 2^-16 relative), the small ones first.
+    # about 2^-16 relative), the small ones first. An Inf operand makes lo NaN (see
+    # LANGUAGE.md, Dtypes): making the split Inf-safe doubled this loop's time on the
+    # H100 (1676 vs 882 us at 1024x8192x8192), so it is not.
     a_hi = a.to(tl.bfloat16)
     a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
     b_hi = b.to(tl.bfloat16)
@@ -204,7 +253,7 @@ def _epilogue(kernel: Kernel) -> Iterator[str]:
         if instr.span.line != last_line and 1 <= instr.span.line <= len(lines):
             last_line = instr.span.line
             where = f"{kernel.filename}:{last_line}"
-            yield f"    # src[{where}]: {_comment(lines[last_line - 1].strip())}"
+            yield f"        # src[{where}]: {_comment(lines[last_line - 1].strip())}"
         name = namer.fresh(instr.hint, instr.id)
         if instr.op == "load":
             expr = _load(kernel.operand(str(instr.attr)))
@@ -221,24 +270,22 @@ def _epilogue(kernel: Kernel) -> Iterator[str]:
                 args[0] = f"tl.full([], {args[0]}, tl.float32)"
             expr = opdef.lower(args)
         names[instr.id] = name
-        yield f"    {name} = {expr}"
+        yield f"        {name} = {expr}"
     result = kernel.value(kernel.result)
     value = names[result.id]
     if result.kind is not Kind.TILE:
         value = f"({value} + tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))"
-    yield "    out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)"
-    yield f"    tl.store(out_ptrs, {value}.to(out_ptr.dtype.element_ty), mask=mask_mn)"
+    yield "        out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)"
+    yield f"        tl.store(out_ptrs, {value}.to(out_ptr.dtype.element_ty), mask=mask_mn)"
 
 
 def _kernel(kernel: Kernel) -> str:
-    params = [*_pointer_args(kernel), "M", "N", "K"]
-    params += ["stride_xm", "stride_xk", "stride_wk", "stride_wn", "stride_om", "stride_on"]
+    strides = ["stride_xm", "stride_xk", "stride_wk", "stride_wn", "stride_om", "stride_on"]
     for operand in _strided(kernel):
-        params += _stride_names(operand)
+        strides += _stride_names(operand)
+    params = [*_pointer_args(kernel), "x_desc", "w_desc", "M", "N", "K", *strides]
     params += [f.name for f in kernel.floats]
-    params += [
-        f"{c}: tl.constexpr" for c in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "UPCAST_DOT")
-    ]
+    params += [f"{c}: tl.constexpr" for c in _CONSTEXPRS]
     head = [
         "@triton.jit",
         f"def {kernel.name}_kernel(",
@@ -246,7 +293,13 @@ def _kernel(kernel: Kernel) -> str:
         "):",
         f'    """One [BLOCK_M, BLOCK_N] tile of {kernel.name}: GEMM, then the epilogue in registers."""',
     ]
-    body = _MAINLOOP.replace("{fp32_dot}", _FP32_DOT[kernel.precision]).strip("\n")
+    # adding an int64 zero turns a stride (an int32, or a constexpr 1) into an int64
+    wide = [f"        {s} = {s} + tl.zeros([], dtype=tl.int64)" for s in strides]
+    body = (
+        _MAINLOOP.replace("{wide_strides}", "\n".join(wide))
+        .replace("{w_desc_load}", _W_DESC_LOAD[kernel.gemm])
+        .strip("\n")
+    )
     return "\n".join([*head, body, *_epilogue(kernel)]) + "\n"
 
 
@@ -255,6 +308,7 @@ def _helpers(kernel: Kernel) -> str:
     parts = [h.source.strip("\n") for h in tlib.closure(needed)]
     if kernel.precision == "bf16x3":
         parts.append(_DOT_BF16X3.strip("\n"))
+    parts.append(_DOT.replace("{fp32_dot}", _FP32_DOT[kernel.precision]).strip("\n"))
     return "\n\n\n".join(parts)
 
 
@@ -316,6 +370,79 @@ def _check_gemm(x, weight, linear):
 """
 
 
+# Choosing the configuration: the tuning file beside the module (written by `kgen tune`,
+# keyed by GPU name, dtype and shape bucket), else the heuristic; remembered per problem
+# so a call costs one dict lookup.
+_SELECT = """
+_TUNING_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "{tuning_file}")
+
+
+def _load_tuning(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {{}}
+
+
+_TUNING = _load_tuning(_TUNING_FILE)
+_DEVICES = {{}}  # device -> (tuned configurations for its GPU, number of SMs, has TMA)
+_CHOSEN = {{}}  # (M, N, K, dtype, tma, device) -> configuration
+
+
+def _device_info(device):
+    info = _DEVICES.get(device)
+    if info is None:
+        if _INTERPRET:
+            # 3 "SMs", so persistent programs loop over several tiles in tests
+            info = (_TUNING.get("interpreter", {{}}), 3, True)
+        else:
+            props = torch.cuda.get_device_properties(device)
+            info = (_TUNING.get(props.name, {{}}), props.multi_processor_count, props.major >= 9)
+        _DEVICES[device] = info
+    return info
+
+
+def _tma_ready(x, weight):
+    \"\"\"Can tensor descriptors (TMA) address both operands: a Hopper or newer GPU, a
+    contiguous last dimension, 16-byte-aligned base and row stride?\"\"\"
+    size = x.element_size()
+    return (
+        _device_info(x.device)[2]
+        and x.stride(1) == 1
+        and weight.stride(1) == 1
+        and x.stride(0) * size % 16 == 0
+        and weight.stride(0) * size % 16 == 0
+        and x.data_ptr() % 16 == 0
+        and weight.data_ptr() % 16 == 0
+        and x.shape[1] > 0
+    )
+
+
+def _choose(M, N, K, x, tma):
+    key = (M, N, K, x.dtype, tma, x.device)
+    config = _CHOSEN.get(key)
+    if config is None:
+        tuned = _device_info(x.device)[0].get(str(x.dtype)[6:], {{}}).get(_bucket(M, N, K))
+        if tuned is not None and (tma or tuned[6] == "pointer"):
+            config = tuple(tuned)
+        else:
+            config = _heuristic(M, N, K, x.dtype, tma)
+        if len(_CHOSEN) > 4096:
+            _CHOSEN.clear()
+        _CHOSEN[key] = config
+    return config
+
+
+def _wide(*tensors):
+    \"\"\"Can an element offset in any of these pass 2^31 - 1 (int32 indexing)?\"\"\"
+    for t in tensors:
+        if sum((n - 1) * s for n, s in zip(t.shape, t.stride())) >= 2**31 - 1:
+            return True
+    return False
+"""
+
+
 def _signature_args(kernel: Kernel) -> tuple[list[str], list[str]]:
     """(positional tensor names, keyword float params with defaults) of the launcher."""
     positional = (
@@ -341,25 +468,42 @@ def _launcher(kernel: Kernel) -> str:
     strides += ["out.stride(0)", "out.stride(1)"]
     for operand in _strided(kernel):
         strides += [f"{operand.name}.stride({i})" for i in range(len(_stride_names(operand)))]
-    kernel_args = ["x", "weight"] + (["bias"] if kernel.has_bias else []) + ["out"]
-    kernel_args += [t.name for t in kernel.tensors] + ["M", "N", "K", *strides, *floats]
+    tensors = ["x", "weight"] + (["bias"] if kernel.has_bias else []) + ["out"]
+    tensors += [t.name for t in kernel.tensors]
+    kernel_args = [*tensors, "x_desc", "w_desc", "M", "N", "K", *strides, *floats]
+    w_block = "[block_n, block_k]" if linear else "[block_k, block_n]"
+    w_shape = "[N, K]" if linear else "[K, N]"
     run = [
-        f"def _launch(config, {', '.join(positional + floats)}):",
-        '    """Run the kernel with a given configuration; the arguments are already checked."""',
+        f"def _launch(config, tma, {', '.join(positional + floats)}):",
+        '    """Run the kernel with a given configuration; the arguments are already checked,',
+        '    `tma` is _tma_ready(x, weight)."""',
         "    M, K = x.shape",
         f"    N = weight.shape[{0 if linear else 1}]",
         f"    out = torch.empty((M, N), device=x.device, dtype={out_dtype})",
         "    if M == 0 or N == 0:",
         "        return out",
-        f"    {kernel.name}_kernel[(triton.cdiv(M, config[0]) * triton.cdiv(N, config[1]),)](",
+        "    block_m, block_n, block_k, group_m, num_warps, num_stages, loop = config",
+        "    grid = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)",
+        "    x_desc = w_desc = None",
+        '    if loop == "pointer" or not tma:',
+        '        loop = "pointer"',
+        "    else:",
+        "        x_desc = TensorDescriptor(x, [M, K], [x.stride(0), 1], [block_m, block_k])",
+        f"        w_desc = TensorDescriptor(weight, {w_shape}, [weight.stride(0), 1], {w_block})",
+        '        if loop != "tma":  # persistent: a program per SM',
+        "            grid = min(grid, _device_info(x.device)[1])",
+        f"    {kernel.name}_kernel[(grid,)](",
         *(f"        {a}," for a in kernel_args),
-        "        BLOCK_M=config[0],",
-        "        BLOCK_N=config[1],",
-        "        BLOCK_K=config[2],",
-        "        GROUP_M=config[3],",
+        "        BLOCK_M=block_m,",
+        "        BLOCK_N=block_n,",
+        "        BLOCK_K=block_k,",
+        "        GROUP_M=group_m,",
+        '        TMA=loop != "pointer",',
+        '        FLATTEN=loop == "persistent",',
+        f"        WIDE=_wide({', '.join(tensors)}),",
         "        UPCAST_DOT=_INTERPRET,",
-        "        num_warps=config[4],",
-        "        num_stages=config[5],",
+        "        num_warps=num_warps,",
+        "        num_stages=num_stages,",
         "    )",
         "    return out",
     ]
@@ -378,11 +522,12 @@ def _launcher(kernel: Kernel) -> str:
         f"def {kernel.name}({', '.join(sig)}):",
         *doc,
         *checks,
-        "    config = _config(M, N, K, x.dtype)",
+        "    tma = _tma_ready(x, weight)",
+        "    config = _choose(M, N, K, x, tma)",
         "    if _INTERPRET or x.device.index == torch.cuda.current_device():",
-        f"        return _launch(config, {call_args})",
+        f"        return _launch(config, tma, {call_args})",
         "    with torch.cuda.device(x.device):",
-        f"        return _launch(config, {call_args})",
+        f"        return _launch(config, tma, {call_args})",
     ]
     return "\n".join(run) + "\n\n\n" + "\n".join(public) + "\n"
 
@@ -505,10 +650,14 @@ def emit_module(kernel: Kernel) -> str:
         *spec,
         f'"""{kernel.name}: a fused GEMM + epilogue kernel generated by kgen."""',
         "",
+        "import json",
+        "import os",
+        "",
         "import torch",
         "import triton",
         "import triton.language as tl",
         "from torch import nn",
+        "from triton.tools.tensor_descriptor import TensorDescriptor",
         "",
         "",
     ]
@@ -517,6 +666,7 @@ def emit_module(kernel: Kernel) -> str:
         _kernel(kernel),
         _RUNTIME.strip("\n"),
         configs.source().strip("\n"),
+        _SELECT.format(tuning_file=f"{kernel.name}.tuning.json").strip("\n"),
         _launcher(kernel),
         _module_class(kernel),
     ]

@@ -123,6 +123,13 @@ def _op(
 V = ArgType.VALUE
 S = ArgType.SCALAR
 
+
+def _softplus_reference(x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
+    z = x * beta
+    log1p_exp = torch.clamp(z, min=0.0) + torch.log1p(torch.exp(-z.abs()))
+    return torch.where(z > threshold, x, log1p_exp / beta)
+
+
 _OPS: list[OpDef] = [
     # -- applying the spec's own tensors
     _op(
@@ -270,7 +277,10 @@ _OPS: list[OpDef] = [
     _op(
         "softplus",
         "log(1 + e^(beta x)) / beta, x where beta x > threshold",
-        lambda x, b, t: F.softplus(x, b, t),
+        # F.softplus's definition, with log(1 + e^z) as max(z, 0) + log1p(e^-|z|): F.softplus
+        # itself overflows to Inf (even in float64) when a threshold above ~88 / beta lets a
+        # large beta x reach its e^z, where the true value, x, is finite (kgen gives x)
+        _softplus_reference,
         "_softplus({x}, {beta}, {threshold})",
         Group.ACTIVATION,
         Param("beta", S, 1.0),
@@ -279,7 +289,7 @@ _OPS: list[OpDef] = [
     ),
     _op(
         "elu",
-        "x if x > 0 else alpha (e^x - 1)",
+        "x if x >= 0 else alpha (e^x - 1)",
         lambda x, a: F.elu(x, a),
         "_elu({x}, {alpha})",
         Group.ACTIVATION,
@@ -296,12 +306,12 @@ _OPS: list[OpDef] = [
     ),
     _op(
         "celu",
-        "x if x > 0 else alpha (e^(x / alpha) - 1)",
+        "x if x >= 0 else alpha (e^(x / alpha) - 1)",
         lambda x, a: F.celu(x, a),
-        "tl.where({x} > 0.0, {x}, {alpha} * _expm1({x} / {alpha}))",
+        "_celu({x}, {alpha})",
         Group.ACTIVATION,
         Param("alpha", S, 1.0),
-        helpers=("_expm1",),
+        helpers=("_celu",),
     ),
     _op(
         "hardsigmoid",

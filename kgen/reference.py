@@ -75,18 +75,26 @@ def epilogue(
     acc: torch.Tensor,
     operands: Mapping[str, Any],
     hook: Hook | None = None,
+    skip: tuple[int, ...] = (),
+    constants: dict[Any, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The epilogue on the accumulator `acc` ([M, N]), in acc's dtype.
 
     `hook`, if given, sees (and may replace) every numeric value after the
     accumulator -- operands, constants, op results: `kgen.testing` uses it to attach
     an error term to each and bound how rounding in the epilogue moves the result.
+    `skip` names instructions that pass their first argument through (the benchmark's
+    eager form adds the bias inside cuBLAS's GEMM instead). `constants`, if given,
+    keeps the tensors made of Python numbers from one call to the next (a benchmark's
+    eager form must not copy them to the GPU, and wait for the copy, on every call).
     """
     dtype = acc.dtype
     values: list[Any] = []
     for instr in kernel.body:
         if instr.op == "gemm":
             value: Any = acc
+        elif instr.id in skip:
+            value = values[instr.args[0]]
         elif instr.op == "const":
             value = _fp32(float(instr.attr))  # type: ignore[arg-type]
         elif instr.op in ("arg", "load"):
@@ -99,7 +107,13 @@ def epilogue(
                 if type_ is ArgType.SCALAR:
                     v = float(v.reshape(-1)[0]) if isinstance(v, torch.Tensor) else float(v)
                 elif not isinstance(v, torch.Tensor):
-                    v = torch.tensor(v, dtype=dtype, device=acc.device)
+                    key = (repr(v), dtype, acc.device)  # repr: -0.0 is not 0.0
+                    made = None if constants is None else constants.get(key)
+                    if made is None:
+                        made = torch.tensor(v, dtype=dtype, device=acc.device)
+                        if constants is not None:
+                            constants[key] = made
+                    v = made
                 args.append(v)
             value = opdef.reference(*args)
             if isinstance(value, torch.Tensor) and not instr.boolean:

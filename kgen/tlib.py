@@ -166,9 +166,27 @@ def _gelu_tanh(x):
         """
 @triton.jit
 def _elu(x, alpha):
-    return tl.where(x > 0.0, x, alpha * _expm1(x))
+    # torch returns x itself for x >= 0, -0.0 included: elu(0, alpha) is 0 even for an
+    # infinite or NaN alpha, where alpha * expm1(0) would be NaN.
+    return tl.where(x >= 0.0, x, alpha * _expm1(x))
 """,
         ("_expm1",),
+    ),
+    Helper(
+        "_celu",
+        """
+@triton.jit
+def _celu(x, alpha):
+    # torch: x for x >= 0 (see _elu), else alpha * expm1(x / alpha). For |u| = |x / alpha|
+    # below 0.5 that is x * expm1(u) / u, by the series of _expm1: u may underflow
+    # (x = -1e-30, alpha = 1e30) where the result, about x, does not. `alpha * 0.0` keeps
+    # torch's NaN for an infinite alpha (Inf * expm1(-0.0)).
+    u = x / alpha
+    p = 1.0 + u * (1.0 / 2.0 + u * (1.0 / 6.0 + u * (1.0 / 24.0 + u * (
+        1.0 / 120.0 + u * (1.0 / 720.0 + u * (1.0 / 5040.0 + u * (1.0 / 40320.0)))))))
+    small = x * p + alpha * 0.0
+    return tl.where(x >= 0.0, x, tl.where(tl.abs(u) < 0.5, small, alpha * (tl.exp(u) - 1.0)))
+""",
     ),
     Helper(
         "_hardsigmoid",

@@ -18,6 +18,7 @@ import triton
 from hypothesis import strategies as st
 
 from kgen import ops
+from kgen.configs import LOOPS
 from kgen.ir import Gemm, Kernel, Kind
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -54,12 +55,17 @@ BLOCKS = (16, 32, 64, 128)
 # On the GPU every distinct configuration is a compile: draw from a fixed pool.
 GPU_MAX_SIZE = 600
 GPU_CONFIGS = [
-    (16, 16, 16, 1, 4, 2),
-    (32, 64, 32, 2, 4, 3),
-    (64, 64, 64, 8, 4, 3),
-    (64, 128, 32, 8, 8, 3),
-    (128, 128, 64, 8, 8, 3),
-    (128, 64, 32, 4, 4, 2),
+    (16, 16, 16, 1, 4, 2, "pointer"),
+    (32, 64, 32, 2, 4, 3, "pointer"),
+    (64, 64, 64, 8, 4, 3, "pointer"),
+    (64, 128, 32, 8, 8, 3, "pointer"),
+    (128, 128, 64, 8, 8, 3, "pointer"),
+    (128, 64, 32, 4, 4, 2, "pointer"),
+    (64, 64, 64, 8, 4, 3, "tma"),
+    (32, 32, 64, 1, 4, 2, "tma"),
+    (128, 128, 64, 8, 8, 3, "persistent"),
+    (128, 256, 32, 8, 8, 3, "persistent"),
+    (64, 128, 64, 4, 4, 3, "persistent"),
 ]
 
 
@@ -75,7 +81,7 @@ class Problem:
     N: int
     K: int
     dtype: torch.dtype
-    config: tuple[int, int, int, int, int, int] | None  # None: the module's own choice
+    config: tuple[int, int, int, int, int, int, str] | None  # None: the module's own choice
     device: str
 
 
@@ -93,7 +99,8 @@ def configs(draw: st.DrawFn, M: int, N: int, K: int, device: str) -> tuple[int, 
     ]
     bm, bn, bk = draw(st.sampled_from(choices))
     group_m = draw(st.sampled_from([1, 2, 8]))
-    return (bm, bn, bk, group_m, draw(st.sampled_from([4, 8])), draw(st.sampled_from([2, 3])))
+    warps, stages = draw(st.sampled_from([4, 8])), draw(st.sampled_from([2, 3]))
+    return (bm, bn, bk, group_m, warps, stages, draw(st.sampled_from(LOOPS)))
 
 
 @st.composite
@@ -297,6 +304,62 @@ def random_specs(draw: st.DrawFn) -> str:
             steps.append(f"z{i} = {draw(_expr(scope, 2))}")
             scope.bound.append(f"z{i}")
         else:
-            steps.append(f"acc = {draw(_expr(scope, 2))}")
+            # acc stays an [M, N] value: later steps (residual(acc), ...) may need one
+            op = draw(st.sampled_from(["+", "*", "-"]))
+            steps.append(f"acc = {draw(_expr(scope, 2))} {op} acc")
     lines.append("epilogue: " + "; ".join(steps))
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Extreme values (tests/test_extremes.py)
+
+FP32_MAX = float(torch.finfo(torch.float32).max)
+FP32_TINY = float(torch.finfo(torch.float32).tiny)  # smallest normal
+# Magnitudes every op meets: zero, subnormals, the smallest normal, huge values up to
+# fp32's largest; each is drawn with either sign and a few ulps either side.
+EXTREME_MAGNITUDES = [
+    0.0,
+    1e-45,
+    1e-40,
+    FP32_TINY,
+    1e-30,
+    1e-7,
+    0.5,
+    1.0,
+    2.0,
+    1e4,
+    1e6,
+    1e30,
+    3e38,
+    FP32_MAX,
+]
+NON_FINITE = [math.inf, -math.inf, math.nan]
+
+
+def ulps_from(value: float, ulps: int) -> float:
+    """The fp32 value `ulps` steps above (below, if negative) fp32(value)."""
+    t = torch.tensor(value, dtype=torch.float32)
+    target = torch.tensor(math.copysign(math.inf, ulps), dtype=torch.float32)
+    for _ in range(abs(ulps)):
+        t = torch.nextafter(t, target)
+    return float(t)
+
+
+@st.composite
+def near(draw: st.DrawFn, points: tuple[float, ...], ulps: int = 3) -> float:
+    """One of `points` (or its negation), moved by up to `ulps` fp32 ulps."""
+    value = draw(st.sampled_from(points)) * draw(st.sampled_from([1.0, -1.0]))
+    return ulps_from(value, draw(st.integers(-ulps, ulps)))
+
+
+def extreme_floats(points: tuple[float, ...] = ()) -> st.SearchStrategy[float]:
+    """fp32 values for breaking an op: extreme magnitudes, +-Inf, NaN, -0.0, the op's
+    switch `points` +- a few ulps, anything fp32 holds, and moderate values."""
+    return st.one_of(
+        near((*EXTREME_MAGNITUDES, *points)),
+        near(points or (0.0,)),
+        st.sampled_from([*NON_FINITE, -0.0]),
+        st.floats(width=32),
+        st.floats(-100, 100, width=32),
+    )

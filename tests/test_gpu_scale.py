@@ -65,3 +65,31 @@ def test_fp32_precisions_at_scale(precision: str, tmp_path) -> None:
     testing.assert_matches_reference(compiled.kernel, out, x, model.weight, model.bias)
     if precision != "tf32":  # tf32 is for users who accept ~1e-3 relative error
         testing.assert_close_to_pytorch(out, expected)
+
+
+# Offsets past 2^31 - 1 elements: x with more than 2^31 elements (rows near its end), and
+# an output with more than 2^31 elements, through both mainloops. Checked on sampled
+# rows (the whole fp64 reference would not fit), including the last ones.
+@pytest.mark.parametrize("loop", ["pointer", "tma"])
+@pytest.mark.parametrize(("M", "N", "K"), [(600_000, 64, 4096), (40_000, 65_536, 16)])
+def test_offsets_past_2_31(M: int, N: int, K: int, loop: str) -> None:
+    compiled, module = committed("gemm_sigmoid_residual")
+    kernel = compiled.kernel
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(M, K, device="cuda", dtype=torch.float16, generator=gen)
+    weight = (torch.randn(N, K, device="cuda", generator=gen) / K**0.5).half()
+    bias = torch.randn(N, device="cuda", dtype=torch.float16, generator=gen)
+    assert max(x.numel(), M * N) > 2**31
+    tma = module._tma_ready(x, weight)
+    assert tma
+    config = (64, 64, 16 if K == 16 else 64, 8, 4, 3, loop)
+    out = module._launch(config, tma, x, weight, bias, 2.0)
+    rows = torch.cat([torch.arange(0, 64), torch.randint(0, M, (64,)), torch.arange(M - 64, M)])
+    rows = rows.to("cuda")
+    expected_rows = testing.evaluations(kernel, x[rows], weight, bias)[0]
+    sub = out[rows]
+    print(
+        f"\nWIDE {M}x{N}x{K} {loop}: max|kgen - fp64| on sampled rows = {_max_diff(sub, expected_rows):.3g}"
+    )
+    testing.assert_matches_reference(kernel, sub.contiguous(), x[rows], weight, bias)
+    assert not torch.isnan(out).any()

@@ -81,8 +81,9 @@ def test_every_identifier_is_accounted_for(path) -> None:
 
 def test_configs_follow_the_seeds_rules() -> None:
     assert all(configs.is_valid(c) for c in configs.CONFIGS.values())
-    assert 3 <= len(configs.CONFIGS) <= 4
     assert any(c[4] == 4 and c[5] == 2 for c in configs.CONFIGS.values())  # the baseline
+    # every loop but warp specialization has a heuristic choice
+    assert {c[6] for c in configs.CONFIGS.values()} == {"pointer", "persistent"}
 
 
 @given(
@@ -90,16 +91,21 @@ def test_configs_follow_the_seeds_rules() -> None:
     N=st.integers(1, 20000),
     K=st.integers(1, 20000),
     dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32]),
+    tma=st.booleans(),
 )
-def test_chosen_config_is_a_candidate(M: int, N: int, K: int, dtype: torch.dtype) -> None:
-    chosen = configs.choose_config(M, N, K, dtype)
+def test_chosen_config_is_a_candidate(
+    M: int, N: int, K: int, dtype: torch.dtype, tma: bool
+) -> None:
+    chosen = configs.choose_config(M, N, K, dtype, tma)
     assert configs.is_valid(chosen)
+    assert tma or chosen[6] == "pointer"
     assert any(
         chosen[:2] == c[:2] and chosen[3:] == c[3:] and chosen[2] <= c[2]
         for c in configs.CONFIGS.values()
     )
     _, module = committed("gemm_sigmoid_residual")
-    assert module._config(M, N, K, dtype) == chosen  # the module's copy is the same
+    assert module._heuristic(M, N, K, dtype, tma) == chosen  # the module's copy is the same
+    assert module._bucket(M, N, K) == configs.bucket(M, N, K)
 
 
 def test_specs_cover_the_language() -> None:

@@ -1,0 +1,242 @@
+"""`kgen tune`: measure launch configurations on this GPU and record the best.
+
+For each spec, dtype and shape:
+
+1. `configs.candidates` prunes the search space by shape and the seeds' rules;
+2. every candidate is compiled, in parallel (`triton.AsyncCompileMode`), and pruned by
+   what the compiler reports: `OutOfResources` (shared memory), and spills beyond
+   `MAX_SPILLS` words (a few dozen spilled words can still be fastest: shared/notes);
+3. the survivors are timed with `triton.testing.do_bench` (median, L2 flushed) on fresh
+   `torch.randn` inputs; the best few are timed again, longer, to pick the winner;
+4. the winner goes into `<kernel>.tuning.json` beside the generated module, under the
+   GPU's name, the dtype and the shape's bucket (`configs.bucket`), which the module
+   reads at import.
+
+Only the module's own entry points are used (`_launch`, `_tma_ready`), so what is
+tuned is exactly what a user's call runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+import triton
+
+from kgen import configs
+from kgen.ir import Gemm, Kernel, Kind
+
+MAX_SPILLS = 64  # words of local memory a candidate may spill and still be timed
+FINALISTS = 3
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Shape:
+    M: int
+    N: int
+    K: int
+
+    @staticmethod
+    def parse(text: str) -> Shape:
+        """'MxNxK', e.g. '2048x8192x8192'."""
+        parts = text.lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"shape {text!r} is not MxNxK (e.g. 2048x8192x8192)")
+        M, N, K = (int(p) for p in parts)
+        return Shape(M, N, K)
+
+    def __str__(self) -> str:
+        return f"{self.M}x{self.N}x{self.K}"
+
+
+def inputs(
+    kernel: Kernel, shape: Shape, dtype: torch.dtype, device: str = "cuda", seed: int = 0
+) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """Fresh random arguments (`torch.randn`, never zeros) for the generated function:
+    x [M, K] and the weight in the spec's layout, scaled so the GEMM stays O(1)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*size: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(size, generator=gen, device=device) * scale).to(dtype)
+
+    M, N, K = shape.M, shape.N, shape.K
+    w_scale = 1.0 / math.sqrt(max(K, 1))
+    weight = (
+        randn(N, K, scale=w_scale) if kernel.gemm is Gemm.LINEAR else randn(K, N, scale=w_scale)
+    )
+    args = [randn(M, K), weight]
+    if kernel.has_bias:
+        args.append(randn(N))
+    sizes = {Kind.TILE: (M, N), Kind.COL: (N,), Kind.ROW: (M,), Kind.SCALAR: ()}
+    args += [randn(*sizes[t.kind]) for t in kernel.tensors]
+    floats = {f.name: float(f.default) if f.default is not None else 0.5 for f in kernel.floats}
+    return args, floats
+
+
+def float_values(kernel: Kernel, floats: dict[str, float]) -> list[float]:
+    return [floats[f.name] for f in kernel.floats]
+
+
+class _Capture:
+    """Stands in for the module's kernel while `_launch` runs: compiles (or, with
+    `launch`, runs) and keeps the compiled kernel, so its resources can be read."""
+
+    def __init__(self, jit: Any, launch: bool) -> None:
+        self.jit, self.launch = jit, launch
+        self.compiled: Any = None
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.launch:
+                self.compiled = self.jit[grid](*args, **kwargs)
+            else:
+                self.compiled = self.jit.warmup(*args, grid=grid, **kwargs)
+            return self.compiled
+
+        return call
+
+
+@dataclass
+class Candidate:
+    config: configs.Config
+    regs: int = -1
+    spills: int = -1
+    shared: int = -1
+    error: str | None = None
+    ms: float = math.inf
+
+
+def compile_all(
+    module: ModuleType,
+    kernel: Kernel,
+    cands: Sequence[configs.Config],
+    args: list[torch.Tensor],
+    values: list[float],
+    workers: int = 8,
+) -> list[Candidate]:
+    """Compile every candidate in parallel; read registers, spills and shared memory."""
+    name = f"{kernel.name}_kernel"
+    jit = getattr(module, name)
+    tma = module._tma_ready(args[0], args[1])
+    results = [Candidate(c) for c in cands]
+    captures: list[_Capture | None] = []
+    with (
+        concurrent.futures.ThreadPoolExecutor(workers) as pool,
+        triton.AsyncCompileMode(pool, ignore_errors=True),
+    ):
+        for result in results:
+            capture: _Capture | None = _Capture(jit, launch=False)
+            setattr(module, name, capture)
+            try:
+                module._launch(result.config, tma, *args, *values)
+                captures.append(capture)
+            except Exception as err:  # a candidate that cannot build
+                result.error = f"{type(err).__name__}: {err}"[:200]
+                captures.append(None)
+            finally:
+                setattr(module, name, jit)
+    for result, capture in zip(results, captures, strict=True):
+        if capture is None or result.error:
+            continue
+        try:
+            compiled = (
+                capture.compiled.result()
+                if hasattr(capture.compiled, "result")
+                else capture.compiled
+            )
+            if compiled is None:
+                raise RuntimeError("compilation failed")
+            compiled._init_handles()
+            result.regs, result.spills = compiled.n_regs, compiled.n_spills
+            result.shared = compiled.metadata.shared
+        except Exception as err:  # OutOfResources and compiler errors
+            result.error = f"{type(err).__name__}: {err}"[:200]
+    return results
+
+
+def time_config(
+    module: ModuleType,
+    config: configs.Config,
+    args: list[torch.Tensor],
+    values: list[float],
+    rep: int,
+) -> float:
+    from triton.testing import do_bench
+
+    tma = module._tma_ready(args[0], args[1])
+    return float(
+        do_bench(
+            lambda: module._launch(config, tma, *args, *values),
+            warmup=5,
+            rep=rep,
+            return_mode="median",
+        )
+    )
+
+
+def tune_case(
+    module: ModuleType,
+    kernel: Kernel,
+    shape: Shape,
+    dtype: torch.dtype,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Candidate | None, list[Candidate]]:
+    """The best configuration for one (shape, dtype), and every candidate's record."""
+    args, floats = inputs(kernel, shape, dtype)
+    values = float_values(kernel, floats)
+    tma = module._tma_ready(args[0], args[1])
+    num_sms = torch.cuda.get_device_properties(args[0].device).multi_processor_count
+    cands = configs.candidates(shape.M, shape.N, shape.K, dtype, tma, num_sms)
+    results = compile_all(module, kernel, cands, args, values)
+    alive = [r for r in results if r.error is None and r.spills <= MAX_SPILLS]
+    for r in results:
+        if r.error is None and r.spills > MAX_SPILLS:
+            r.error = f"{r.spills} spilled words"
+    iterator: Iterator[Candidate] = iter(alive)
+    try:
+        from tqdm import tqdm
+
+        iterator = tqdm(
+            alive, desc=f"{kernel.name} {shape} {str(dtype)[6:]}", unit="config", leave=False
+        )
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        pass
+    for r in iterator:
+        try:
+            r.ms = time_config(module, r.config, args, values, rep=20)
+        except Exception as err:  # a launch failure prunes the candidate
+            r.error = f"{type(err).__name__}: {err}"[:200]
+    finalists = sorted((r for r in alive if r.error is None), key=lambda r: r.ms)[:FINALISTS]
+    for r in finalists:
+        r.ms = time_config(module, r.config, args, values, rep=100)
+    best = min(finalists, key=lambda r: r.ms, default=None)
+    return best, results
+
+
+def tuning_path(generated: Path, kernel: Kernel) -> Path:
+    return generated / f"{kernel.name}.tuning.json"
+
+
+def record(path: Path, gpu: str, dtype: torch.dtype, shape: Shape, config: configs.Config) -> None:
+    """Add one entry to a tuning file, keeping the others; written atomically."""
+    from kgen.build import write_atomic
+
+    table: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    by_dtype = table.setdefault(gpu, {}).setdefault(str(dtype)[6:], {})
+    by_dtype[configs.bucket(shape.M, shape.N, shape.K)] = list(config)
+    # sorted keys, one configuration per line: stable diffs when a file is re-tuned
+    text = json.dumps(table, indent=1, sort_keys=True)
+    text = re.sub(
+        r"\[\s+([^\[\]]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text
+    )
+    write_atomic(path, text + "\n")

@@ -1,0 +1,186 @@
+"""The CPU side of tuning and benchmarking: the search space, the tuning file and how a
+generated module reads it, the benchmark's eager form, and the GPU commands' errors
+without a GPU. (Timing itself needs the H100: `kgen tune`, `kgen bench`.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import GENERATED, build_and_import, committed
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kgen import bench, cli, configs, reference, tune
+
+SPEC = "gemm: linear(in_features, out_features)\nepilogue: bias; gelu\n"
+
+
+@pytest.mark.parametrize("text", ["2048x8192x8192", "1X2X3"])
+def test_shape_parse(text: str) -> None:
+    shape = tune.Shape.parse(text)
+    assert str(shape).lower() == text.lower()
+
+
+@pytest.mark.parametrize("text", ["", "1x2", "1x2x3x4", "ax2x3", "1x-2x3", "1.5x2x3"])
+def test_bad_shapes_are_rejected(text: str) -> None:
+    with pytest.raises(ValueError, match="MxNxK"):
+        tune.Shape.parse(text)
+
+
+@given(
+    M=st.integers(1, 16384),
+    N=st.integers(1, 16384),
+    K=st.integers(1, 16384),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32]),
+    tma=st.booleans(),
+    num_sms=st.sampled_from([3, 108, 132]),
+)
+def test_candidates_follow_the_rules(
+    M: int, N: int, K: int, dtype: torch.dtype, tma: bool, num_sms: int
+) -> None:
+    cands = configs.candidates(M, N, K, dtype, tma, num_sms)
+    assert cands, "every problem has something to try"
+    assert len(cands) <= 40  # one spec x one shape tunes in well under 30 s
+    assert len(set(cands)) == len(cands)
+    for c in cands:
+        assert configs.is_valid(c)
+        bm, bn, bk, _, warps, _, loop = c
+        assert tma or loop == "pointer"
+        assert bm * bn // (32 * warps) <= 128  # accumulator values per thread
+        if dtype == torch.float32:
+            assert bk <= 32
+        if loop == "persistent":
+            assert triton_cdiv(M, bm) * triton_cdiv(N, bn) > num_sms
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def test_tuning_file_round_trip_and_format(tmp_path) -> None:
+    path = tmp_path / "k.tuning.json"
+    tune.record(
+        path, "GPU A", torch.float16, tune.Shape(100, 200, 300), (64, 64, 64, 8, 4, 3, "tma")
+    )
+    tune.record(
+        path, "GPU A", torch.float16, tune.Shape(2048, 64, 64), (32, 32, 64, 8, 4, 2, "pointer")
+    )
+    tune.record(
+        path, "GPU A", torch.float16, tune.Shape(128, 256, 512), (64, 64, 32, 8, 4, 2, "pointer")
+    )
+    table = json.loads(path.read_text())
+    assert table == {
+        "GPU A": {
+            "float16": {
+                "128x256x512": [64, 64, 32, 8, 4, 2, "pointer"],  # 100x200x300's bucket, re-tuned
+                "2048x64x64": [32, 32, 64, 8, 4, 2, "pointer"],
+            }
+        }
+    }
+    assert '"2048x64x64": [32, 32, 64, 8, 4, 2, "pointer"]' in path.read_text()
+
+
+def test_module_launches_its_tuned_configuration(tmp_path) -> None:
+    compiled, module = build_and_import(SPEC, tmp_path)
+    x = torch.randn(20, 48)
+    tuned = [16, 32, 16, 1, 4, 2, "pointer"]
+    path = tmp_path / f"{compiled.kernel.name}.tuning.json"
+    path.write_text(json.dumps({"interpreter": {"float32": {configs.bucket(20, 40, 48): tuned}}}))
+    module._TUNING.update(module._load_tuning(path))
+    module._DEVICES.clear()
+    module._CHOSEN.clear()
+    try:
+        assert module._choose(20, 40, 48, x, True) == tuple(tuned)
+        assert module._choose(20, 40, 48, x.half(), True) == module._heuristic(
+            20, 40, 48, torch.float16, True
+        )  # another dtype: not tuned
+    finally:
+        module._TUNING.clear()
+        module._DEVICES.clear()
+        module._CHOSEN.clear()
+
+
+def test_a_tuned_tma_configuration_is_not_used_where_tma_cannot_run(tmp_path) -> None:
+    _, module = build_and_import(SPEC, tmp_path)
+    x = torch.randn(20, 48)
+    module._TUNING["interpreter"] = {
+        "float32": {configs.bucket(20, 40, 48): [16, 32, 16, 1, 4, 2, "persistent"]}
+    }
+    module._DEVICES.clear()
+    module._CHOSEN.clear()
+    try:
+        assert module._choose(20, 40, 48, x, False) == module._heuristic(
+            20, 40, 48, torch.float32, False
+        )
+    finally:
+        module._TUNING.clear()
+        module._DEVICES.clear()
+        module._CHOSEN.clear()
+
+
+@pytest.mark.parametrize(
+    "name", ["gemm_sigmoid_residual", "gemm_scale_hardtanh_gelu", "gated_residual"]
+)
+def test_benchmark_eager_form_is_the_spec(name: str) -> None:
+    compiled, _ = committed(name)
+    kernel = compiled.kernel
+    args, floats = tune.inputs(kernel, tune.Shape(8, 16, 32), torch.float32, device="cpu")
+    eager = bench.eager_function(kernel)
+    expected = reference.evaluate(kernel, *args, dtype=torch.float64, **floats)
+    for _ in range(2):  # the second call reuses the constants made by the first
+        got = eager(*args, **floats)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_benchmark_table_and_gpu_name() -> None:
+    row = bench.Row("k", 2048, 8192, 8192, "float16", "-", 0.4, 0.5, None, 0.39)
+    table = bench.table([row])
+    assert "| k | 2048×8192×8192 | float16 |" in table and "| 1.25 | – | 0.97 |" in table
+    assert bench.gpu_slug("NVIDIA H100 80GB HBM3") == "h100"
+    assert bench.gpu_slug("NVIDIA A100-SXM4-40GB") == "a100"
+
+
+@pytest.mark.parametrize("command", ["tune", "bench"])
+def test_gpu_commands_without_a_gpu(command: str, capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "specs/gemm_sigmoid_residual.fuse", "--shapes", "64x64x64"])
+    assert info.value.code == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shapes", "64x64"], "not MxNxK"),
+        (["--shapes", "64x64x64", "--dtypes", "float64"], "unknown dtype"),
+    ],
+)
+def test_gpu_commands_reject_bad_options(args: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["tune", "specs/gemm_sigmoid_residual.fuse", *args])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_committed_tuning_files_hold_candidates() -> None:
+    """Every measured choice in generated/*.tuning.json is a valid configuration that
+    today's search space still offers for its bucket (on an H100: 132 SMs)."""
+    files = sorted(GENERATED.glob("*.tuning.json"))
+    assert files
+    for path in files:
+        assert (GENERATED / path.name.replace(".tuning.json", ".py")).exists(), path
+        for gpu, by_dtype in json.loads(path.read_text()).items():
+            assert gpu == "NVIDIA H100 80GB HBM3"
+            for dtype, by_bucket in by_dtype.items():
+                for bucket, config in by_bucket.items():
+                    M, N, K = (int(v) for v in bucket.split("x"))
+                    assert configs.bucket(M, N, K) == bucket
+                    config = tuple(config)
+                    assert configs.is_valid(config), (path.name, bucket, config)
+                    cands = configs.candidates(M, N, K, getattr(torch, dtype), True, 132)
+                    assert config in cands, (path.name, bucket, config)
