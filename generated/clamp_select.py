@@ -13,6 +13,7 @@
 
 import json
 import os
+import warnings
 
 import torch
 import triton
@@ -281,11 +282,35 @@ _TUNING_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clamp_s
 
 
 def _load_tuning(path):
+    """The tuning file's table; a missing file is an empty one, and so is a broken one
+    (with a warning: the module still works, with its heuristic choices)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            table = json.load(f)
     except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as error:
+        warnings.warn(f"{path}: ignored, not a kgen tuning file ({error})", stacklevel=2)
+        return {}
+    if not isinstance(table, dict):
+        warnings.warn(f"{path}: ignored, not a kgen tuning file", stacklevel=2)
+        return {}
+    return table
+
+
+def _tuned(table, dtype, bucket, tma):
+    """The tuned configuration for this dtype and bucket, if there is a usable one."""
+    by_dtype = table.get(str(dtype)[6:]) if isinstance(table, dict) else None
+    config = by_dtype.get(bucket) if isinstance(by_dtype, dict) else None
+    if (
+        not isinstance(config, list)
+        or len(config) != 7
+        or not all(isinstance(v, int) and v > 0 for v in config[:6])
+        or config[6] not in ("pointer", "tma", "persistent")
+        or (config[6] != "pointer" and not tma)
+    ):
+        return None
+    return tuple(config)
 
 
 _TUNING = _load_tuning(_TUNING_FILE)
@@ -301,7 +326,11 @@ def _device_info(device):
             info = (_TUNING.get("interpreter", {}), 3, True)
         else:
             props = torch.cuda.get_device_properties(device)
-            info = (_TUNING.get(props.name, {}), props.multi_processor_count, props.major >= 9)
+            # TMA: Hopper or newer, with room for the TMA configurations' stages (an H100
+            # has 227 KB per block; some sm_12x cards about 99 KB)
+            smem = getattr(props, "shared_memory_per_block_optin", 232448)
+            tma = props.major >= 9 and smem >= 200 * 1024
+            info = (_TUNING.get(props.name, {}), props.multi_processor_count, tma)
         _DEVICES[device] = info
     return info
 
@@ -319,6 +348,9 @@ def _tma_ready(x, weight):
         and x.data_ptr() % 16 == 0
         and weight.data_ptr() % 16 == 0
         and x.shape[1] > 0
+        # rows that do not overlap (an expanded or overlapping view goes by pointers)
+        and x.stride(0) >= x.shape[1]
+        and weight.stride(0) >= weight.shape[1]
     )
 
 
@@ -326,10 +358,8 @@ def _choose(M, N, K, x, tma):
     key = (M, N, K, x.dtype, tma, x.device)
     config = _CHOSEN.get(key)
     if config is None:
-        tuned = _device_info(x.device)[0].get(str(x.dtype)[6:], {}).get(_bucket(M, N, K))
-        if tuned is not None and (tma or tuned[6] == "pointer"):
-            config = tuple(tuned)
-        else:
+        config = _tuned(_device_info(x.device)[0], x.dtype, _bucket(M, N, K), tma)
+        if config is None:
             config = _heuristic(M, N, K, x.dtype, tma)
         if len(_CHOSEN) > 4096:
             _CHOSEN.clear()

@@ -153,6 +153,7 @@ RESERVED: frozenset[str] = frozenset(
         # the module's imports (a kernel of that name would replace one)
         "os",
         "json",
+        "warnings",
     ]
 )
 # Params become attributes of the generated nn.Module: they must not replace its own.

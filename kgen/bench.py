@@ -151,10 +151,21 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def read_rows(path: Path) -> list[Row]:
+    """The rows of a results file (none if it does not exist yet). Raises ValueError or
+    TypeError for a file that is not one, OSError for one that cannot be read."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, list):
+        raise ValueError("not a list of benchmark rows")
+    return [Row(**r) for r in data]
+
+
 def append_rows(path: Path, rows: list[Row]) -> None:
     from kgen.build import write_atomic
 
-    old = json.loads(path.read_text()) if path.exists() else []
+    old = [asdict(r) for r in read_rows(path)]
     write_atomic(path, json.dumps(old + [asdict(r) for r in rows], indent=1) + "\n")
 
 
@@ -165,7 +176,7 @@ def plot(path: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [Row(**r) for r in json.loads(path.read_text())]
+    rows = read_rows(path)
     latest: dict[tuple[Any, ...], Row] = {}
     for r in rows:  # the newest row per case
         latest[(r.spec, r.M, r.N, r.K, r.dtype, r.precision)] = r

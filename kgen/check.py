@@ -880,8 +880,15 @@ def check_source(path: str, text: str) -> list[Finding]:
         return [Finding(path, error.lineno or 1, "syntax", error.msg)]
     except ValueError as error:  # e.g. a NUL byte
         return [Finding(path, 1, "syntax", str(error))]
-    m = Module.parse(tree)
-    findings = {Finding(path, line, rule, message) for rule, fn in RULES for line, message in fn(m)}
+    except (RecursionError, MemoryError):
+        return [Finding(path, 1, "syntax", "nested too deeply for Python's parser")]
+    try:
+        m = Module.parse(tree)
+        findings = {
+            Finding(path, line, rule, message) for rule, fn in RULES for line, message in fn(m)
+        }
+    except (RecursionError, MemoryError):
+        return [Finding(path, 1, "syntax", "nested too deeply to check")]
     return sorted(findings)
 
 

@@ -193,6 +193,10 @@ def _gpu_cases(
     except ValueError as error:
         parser.error(str(error))
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not shapes:
+        parser.error("--shapes names no shape (e.g. 2048x8192x8192)")
+    if not dtypes:
+        parser.error("--dtypes names no dtype (float16, bfloat16, float32)")
     for d in dtypes:
         if d not in DTYPES:
             parser.error(f"unknown dtype {d!r}: choose from {', '.join(DTYPES)}")
@@ -213,6 +217,11 @@ def _gpu_cases(
     return cases
 
 
+# What running one case on the GPU can raise for a user's choice of shape (out of
+# memory, say): reported as `kgen tune: ...`, exit 1, never a traceback.
+_CASE_ERRORS = (RuntimeError, ValueError, OSError, MemoryError)
+
+
 def _tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
@@ -223,7 +232,12 @@ def _tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for kernel, module, shapes, dtypes in cases:
         for dtype in dtypes:
             for shape in shapes:
-                best, results = tune.tune_case(module, kernel, shape, dtype)
+                try:
+                    best, results = tune.tune_case(module, kernel, shape, dtype)
+                except _CASE_ERRORS as error:
+                    where = f"{kernel.name} {shape} {str(dtype)[6:]}"
+                    print(f"kgen tune: {where}: {error}", file=sys.stderr)
+                    return 1
                 timed = sum(1 for r in results if r.error is None)
                 if best is None:
                     print(
@@ -231,7 +245,11 @@ def _tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     )
                     return 1
                 path = tune.tuning_path(args.out, kernel)
-                tune.record(path, gpu, dtype, shape, best.config)
+                try:
+                    tune.record(path, gpu, dtype, shape, best.config)
+                except (OSError, ValueError) as error:
+                    print(f"kgen tune: cannot record in {path}: {error}", file=sys.stderr)
+                    return 1
                 print(
                     f"{kernel.name} {shape} {str(dtype)[6:]}: {best.config} "
                     f"{best.ms * 1e3:.1f} us ({timed} of {len(results)} candidates timed) -> {path}"
@@ -244,22 +262,34 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from kgen import bench
 
+    cases = _gpu_cases(args, parser)
+    gpu = bench.gpu_slug(torch.cuda.get_device_name())
+    results = args.results or Path("bench/results") / f"{gpu}.json"
+    try:
+        bench.read_rows(results)  # before any timing: a results file kgen cannot extend
+    except (OSError, ValueError, TypeError) as error:
+        print(f"kgen bench: {results}: {error}", file=sys.stderr)
+        return 1
     rows = []
-    for kernel, module, shapes, dtypes in _gpu_cases(args, parser):
+    for kernel, module, shapes, dtypes in cases:
         for dtype in dtypes:
             for shape in shapes:
-                rows.append(bench.bench_case(module, kernel, shape, dtype, not args.no_compile))
+                try:
+                    rows.append(bench.bench_case(module, kernel, shape, dtype, not args.no_compile))
+                except _CASE_ERRORS as error:
+                    where = f"{kernel.name} {shape} {str(dtype)[6:]}"
+                    print(f"kgen bench: {where}: {error}", file=sys.stderr)
+                    return 1
                 print(bench.table(rows[-1:]).splitlines()[-1], flush=True)
     print(bench.table(rows))
-    results = (
-        args.results
-        or Path("bench/results") / f"{bench.gpu_slug(torch.cuda.get_device_name())}.json"
-    )
-    bench.append_rows(results, rows)
     try:
+        bench.append_rows(results, rows)
         bench.plot(results, results.with_suffix(".png"))
     except ImportError:
         print("matplotlib is not installed: no plot", file=sys.stderr)
+    except OSError as error:
+        print(f"kgen bench: cannot write {results}: {error}", file=sys.stderr)
+        return 1
     print(f"rows appended to {results}")
     return 0
 

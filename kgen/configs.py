@@ -146,8 +146,8 @@ def candidates(M: int, N: int, K: int, dtype: torch.dtype, tma: bool, num_sms: i
       is not tried: it only serves layouts TMA cannot take), persistent ones only when
       there are more tiles than SMs and not few tiles;
     - few tiles (fewer 64x64 tiles than SMs): tiles of at most 64x64 and 4 warps, so
-      more SMs get work (the seeds' small-M rule), and BLOCK_K of 64 or more (fewer,
-      longer k-steps);
+      more SMs get work (the seeds' small-M rule), and BLOCK_K of 64 or more where K
+      and the dtype allow (fewer, longer k-steps);
     - many tiles (two waves of 128x128 or more): 128-row tiles at least 128 wide (fewer
       re-reads of the operands; the H100 measurements in shared/notes); BLOCK_K = 64
       (32 for fp32), as between the two.

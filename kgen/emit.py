@@ -2,11 +2,16 @@
 
 The module has, in order: a header naming the spec and kgen's version, the spec's
 text, the `kgen.tlib` helpers its ops need, one `@triton.jit` kernel, the launch
-configuration, the argument checks, the launcher function named after the kernel and
-`class ModelNew(nn.Module)` (LANGUAGE.md, "What a generated module offers").
+configurations, the argument checks, the choice of configuration (the tuning file
+beside the module, else the heuristic), the launcher, the function named after the
+kernel and `class ModelNew(nn.Module)` (LANGUAGE.md, "What a generated module offers").
 
-The kernel is the Triton tutorial's grouped, pointer-based GEMM with an fp32
-accumulator, then the epilogue: one line per IR value, named after its op (or the
+The kernel loops over output tiles in grouped order (one tile per program, or several
+when the launch is persistent) and has three mainloops with an fp32 accumulator,
+chosen per launch by constexprs (kgen/configs.py says when each is used): the Triton
+tutorial's pointer-based GEMM with contiguity hints, and two over TMA tensor
+descriptors (one program per tile, or persistent). Then the epilogue, shared by all
+three: one line per IR value, named after its op (or the
 name the spec bound it to), each group preceded by the spec line it came from, and
 exactly one `tl.store`. Values stay in the shape of their kind -- [N] vectors as
 [1, BLOCK_N], [M] vectors as [BLOCK_M, 1] -- so each is computed once per row or
@@ -378,11 +383,35 @@ _TUNING_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "{tuning
 
 
 def _load_tuning(path):
+    \"\"\"The tuning file's table; a missing file is an empty one, and so is a broken one
+    (with a warning: the module still works, with its heuristic choices).\"\"\"
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            table = json.load(f)
     except FileNotFoundError:
         return {{}}
+    except (OSError, ValueError) as error:
+        warnings.warn(f"{{path}}: ignored, not a kgen tuning file ({{error}})", stacklevel=2)
+        return {{}}
+    if not isinstance(table, dict):
+        warnings.warn(f"{{path}}: ignored, not a kgen tuning file", stacklevel=2)
+        return {{}}
+    return table
+
+
+def _tuned(table, dtype, bucket, tma):
+    \"\"\"The tuned configuration for this dtype and bucket, if there is a usable one.\"\"\"
+    by_dtype = table.get(str(dtype)[6:]) if isinstance(table, dict) else None
+    config = by_dtype.get(bucket) if isinstance(by_dtype, dict) else None
+    if (
+        not isinstance(config, list)
+        or len(config) != 7
+        or not all(isinstance(v, int) and v > 0 for v in config[:6])
+        or config[6] not in ("pointer", "tma", "persistent")
+        or (config[6] != "pointer" and not tma)
+    ):
+        return None
+    return tuple(config)
 
 
 _TUNING = _load_tuning(_TUNING_FILE)
@@ -398,7 +427,11 @@ def _device_info(device):
             info = (_TUNING.get("interpreter", {{}}), 3, True)
         else:
             props = torch.cuda.get_device_properties(device)
-            info = (_TUNING.get(props.name, {{}}), props.multi_processor_count, props.major >= 9)
+            # TMA: Hopper or newer, with room for the TMA configurations' stages (an H100
+            # has 227 KB per block; some sm_12x cards about 99 KB)
+            smem = getattr(props, "shared_memory_per_block_optin", 232448)
+            tma = props.major >= 9 and smem >= 200 * 1024
+            info = (_TUNING.get(props.name, {{}}), props.multi_processor_count, tma)
         _DEVICES[device] = info
     return info
 
@@ -416,6 +449,9 @@ def _tma_ready(x, weight):
         and x.data_ptr() % 16 == 0
         and weight.data_ptr() % 16 == 0
         and x.shape[1] > 0
+        # rows that do not overlap (an expanded or overlapping view goes by pointers)
+        and x.stride(0) >= x.shape[1]
+        and weight.stride(0) >= weight.shape[1]
     )
 
 
@@ -423,10 +459,8 @@ def _choose(M, N, K, x, tma):
     key = (M, N, K, x.dtype, tma, x.device)
     config = _CHOSEN.get(key)
     if config is None:
-        tuned = _device_info(x.device)[0].get(str(x.dtype)[6:], {{}}).get(_bucket(M, N, K))
-        if tuned is not None and (tma or tuned[6] == "pointer"):
-            config = tuple(tuned)
-        else:
+        config = _tuned(_device_info(x.device)[0], x.dtype, _bucket(M, N, K), tma)
+        if config is None:
             config = _heuristic(M, N, K, x.dtype, tma)
         if len(_CHOSEN) > 4096:
             _CHOSEN.clear()
@@ -652,6 +686,7 @@ def emit_module(kernel: Kernel) -> str:
         "",
         "import json",
         "import os",
+        "import warnings",
         "",
         "import torch",
         "import triton",

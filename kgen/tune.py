@@ -231,7 +231,9 @@ def record(path: Path, gpu: str, dtype: torch.dtype, shape: Shape, config: confi
     """Add one entry to a tuning file, keeping the others; written atomically."""
     from kgen.build import write_atomic
 
-    table: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    table: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not isinstance(table, dict):
+        raise ValueError("not a kgen tuning file (expected a JSON object)")
     by_dtype = table.setdefault(gpu, {}).setdefault(str(dtype)[6:], {})
     by_dtype[configs.bucket(shape.M, shape.N, shape.K)] = list(config)
     # sorted keys, one configuration per line: stable diffs when a file is re-tuned

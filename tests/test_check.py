@@ -510,3 +510,9 @@ def test_python_m_kgen_check_never_tracebacks(tmp_path: Path):
     assert "Traceback" not in proc.stderr
     assert proc.stdout.splitlines()[0].startswith("latin.py:1: read: not UTF-8")
     assert proc.stdout.splitlines()[1].startswith("nul.py:1: syntax:")
+
+
+def test_deeply_nested_source_is_a_finding_not_a_traceback(tmp_path) -> None:
+    for text in ("x = " + " + ".join(["1"] * 3000) + "\n", "x = " + "-" * 100_000 + "1\n"):
+        findings = check_source("deep.py", text)
+        assert [(f.line, f.rule) for f in findings] == [(1, "syntax")], findings

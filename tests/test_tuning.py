@@ -5,6 +5,7 @@ without a GPU. (Timing itself needs the H100: `kgen tune`, `kgen bench`.)"""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -184,3 +185,88 @@ def test_committed_tuning_files_hold_candidates() -> None:
                     assert configs.is_valid(config), (path.name, bucket, config)
                     cands = configs.candidates(M, N, K, getattr(torch, dtype), True, 132)
                     assert config in cands, (path.name, bucket, config)
+
+
+@pytest.mark.parametrize(
+    ("text", "warns"),
+    [
+        ('{"interpreter": ', True),  # cut short (a half-resolved merge, say)
+        ("[1, 2]", True),  # not a table
+        ("\x00\xff", True),  # not text
+        ('{"interpreter": [1]}', False),  # a table whose entries are unusable
+    ],
+)
+def test_a_broken_tuning_file_falls_back_to_the_heuristic(text: str, warns: bool, tmp_path) -> None:
+    compiled, module = build_and_import(SPEC, tmp_path)
+    path = tmp_path / f"{compiled.kernel.name}.tuning.json"
+    path.write_text(text, encoding="latin-1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = module._load_tuning(path)
+    assert any("not a kgen tuning file" in str(w.message) for w in caught) == warns
+    assert isinstance(table, dict)
+    bucket = configs.bucket(20, 40, 48)
+    assert module._tuned(table.get("interpreter", {}), torch.float32, bucket, True) is None
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        [64, 64, 32],  # too short
+        [64, 64, 32, 8, 4, 2, "warp_specialized"],  # no such loop
+        [64, 64, "32", 8, 4, 2, "pointer"],  # not an int
+        [64, 0, 32, 8, 4, 2, "pointer"],
+        {"block_m": 64},
+    ],
+)
+def test_an_unusable_tuned_entry_is_ignored(entry: object, tmp_path) -> None:
+    _, module = build_and_import(SPEC, tmp_path)
+    table = {"float32": {configs.bucket(20, 40, 48): entry}}
+    assert module._tuned(table, torch.float32, configs.bucket(20, 40, 48), True) is None
+
+
+def test_expanded_or_overlapping_rows_do_not_go_through_tma(tmp_path) -> None:
+    _, module = build_and_import(SPEC, tmp_path)
+    weight = torch.randn(40, 48)
+    assert module._tma_ready(torch.randn(20, 48), weight)
+    assert not module._tma_ready(torch.randn(1, 48).expand(20, 48), weight)
+    assert not module._tma_ready(torch.randn(20 * 8 + 48).as_strided((20, 48), (8, 1)), weight)
+    assert not module._tma_ready(torch.randn(20, 48), torch.randn(1, 48).expand(40, 48))
+
+
+@pytest.mark.parametrize(("option", "value"), [("--shapes", ","), ("--dtypes", " ")])
+def test_gpu_commands_reject_empty_lists(option: str, value: str, capsys) -> None:
+    args = {"--shapes": "64x64x64", "--dtypes": "float16"}
+    args[option] = value
+    with pytest.raises(SystemExit) as info:
+        cli.main(
+            ["bench", "specs/gemm_sigmoid_residual.fuse", *(x for kv in args.items() for x in kv)]
+        )
+    assert info.value.code == 2
+    assert "names no" in capsys.readouterr().err
+
+
+def test_benchmark_results_file_must_be_a_list_of_rows(tmp_path) -> None:
+    path = tmp_path / "r.json"
+    assert bench.read_rows(path) == []
+    path.write_text('{"spec": 1}')
+    with pytest.raises(ValueError, match="not a list"):
+        bench.read_rows(path)
+    path.write_text('[{"spec": "k"}]')
+    with pytest.raises(TypeError):
+        bench.read_rows(path)
+    row = bench.Row("k", 1, 2, 3, "float16", "-", 0.1, 0.2, None, 0.1, "GPU")
+    path.unlink()
+    bench.append_rows(path, [row])
+    bench.append_rows(path, [row])
+    assert bench.read_rows(path) == [row, row]
+
+
+def test_recording_into_a_file_that_is_not_a_tuning_file_fails_cleanly(tmp_path) -> None:
+    path = tmp_path / "k.tuning.json"
+    path.write_text("[]")
+    with pytest.raises(ValueError, match="not a kgen tuning file"):
+        tune.record(
+            path, "GPU", torch.float16, tune.Shape(1, 2, 3), (32, 32, 32, 8, 4, 2, "pointer")
+        )
+    assert path.read_text() == "[]"
