@@ -5,6 +5,9 @@ without a GPU. (Timing itself needs the H100: `kgen tune`, `kgen bench`.)"""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -270,3 +273,17 @@ def test_recording_into_a_file_that_is_not_a_tuning_file_fails_cleanly(tmp_path)
             path, "GPU", torch.float16, tune.Shape(1, 2, 3), (32, 32, 32, 8, 4, 2, "pointer")
         )
     assert path.read_text() == "[]"
+
+
+def test_fp32_precision_benchmark_script_runs(tmp_path) -> None:
+    """bench/fp32_precisions.py's accuracy half, on the CPU with a small shape."""
+    done = subprocess.run(
+        [sys.executable, "bench/fp32_precisions.py", "--shape", "16x24x40", "--no-time"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| gemm_")]
+    assert len(rows) == 8 and all("| True |" in r for r in rows), done.stdout
