@@ -24,13 +24,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import black
 import torch
 
 from kgen import bench, tune
-from kgen.build import compile_spec, read_spec
-from kgen.cli import import_file
-from kgen.emit import emit_module
+from kgen.build import compile_spec, import_file, read_spec, render
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ["gemm_sigmoid_residual", "gemm_scale_hardtanh_gelu"]
@@ -44,7 +41,7 @@ def variant(name: str, precision: str, directory: Path):  # type: ignore[no-unty
     folder = directory / precision
     folder.mkdir(exist_ok=True)
     path = folder / f"{name}.py"
-    path.write_text(black.format_str(emit_module(kernel), mode=black.Mode(line_length=100)))
+    path.write_text(render(kernel))
     return kernel, import_file(path)
 
 
@@ -62,10 +59,10 @@ def row(name: str, precision: str, directory: Path, shape: tune.Shape, timed: bo
     times = ["–", "–", "–"]
     if timed:
         x, w = args[0], args[1]
-        times[0] = f"{bench._ms(lambda: function(*args, **floats)) * 1e3:.1f}"
-        times[1] = f"{bench._ms(lambda: eager(*args, **floats)) * 1e3:.1f}"
+        times[0] = f"{tune.median_ms(lambda: function(*args, **floats)) * 1e3:.1f}"
+        times[1] = f"{tune.median_ms(lambda: eager(*args, **floats)) * 1e3:.1f}"
         torch.backends.cuda.matmul.allow_tf32 = True
-        times[2] = f"{bench._ms(lambda: torch.mm(x, w.T)) * 1e3:.1f}"
+        times[2] = f"{tune.median_ms(lambda: torch.mm(x, w.T)) * 1e3:.1f}"
         torch.backends.cuda.matmul.allow_tf32 = False
     return f"| {name} | {precision} | {diff:.3g} | {close} | {' | '.join(times)} |"
 

@@ -236,6 +236,7 @@ def _check_gemm(x, weight, linear):
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, loop); see kgen/configs.py
+_LOOPS = ("pointer", "tma", "persistent")
 _CONFIGS = {
     "large_tma": (128, 256, 64, 8, 8, 3, "persistent"),
     "large_tma_fp32": (128, 128, 32, 8, 8, 3, "persistent"),
@@ -273,6 +274,25 @@ def _heuristic(
     return (block_m, block_n, block_k, group_m, num_warps, num_stages, loop)
 
 
+def _tuned(
+    table: object, dtype: torch.dtype, bucket: str, tma: bool
+) -> tuple[int, int, int, int, int, int, str] | None:
+    """The tuning file's configuration for this dtype and shape bucket (`table` is the
+    file's entry for this GPU), if it is a usable one: a module must work whatever the
+    file holds, and a TMA configuration is no use where TMA cannot run."""
+    by_dtype = table.get(str(dtype)[6:]) if isinstance(table, dict) else None
+    config = by_dtype.get(bucket) if isinstance(by_dtype, dict) else None
+    if (
+        not isinstance(config, list)
+        or len(config) != 7
+        or not all(isinstance(v, int) and v > 0 for v in config[:6])
+        or config[6] not in _LOOPS
+        or (config[6] != "pointer" and not tma)
+    ):
+        return None
+    return tuple(config)
+
+
 _TUNING_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "math_ops.tuning.json")
 
 
@@ -291,21 +311,6 @@ def _load_tuning(path):
         warnings.warn(f"{path}: ignored, not a kgen tuning file", stacklevel=2)
         return {}
     return table
-
-
-def _tuned(table, dtype, bucket, tma):
-    """The tuned configuration for this dtype and bucket, if there is a usable one."""
-    by_dtype = table.get(str(dtype)[6:]) if isinstance(table, dict) else None
-    config = by_dtype.get(bucket) if isinstance(by_dtype, dict) else None
-    if (
-        not isinstance(config, list)
-        or len(config) != 7
-        or not all(isinstance(v, int) and v > 0 for v in config[:6])
-        or config[6] not in ("pointer", "tma", "persistent")
-        or (config[6] != "pointer" and not tma)
-    ):
-        return None
-    return tuple(config)
 
 
 _TUNING = _load_tuning(_TUNING_FILE)
@@ -331,8 +336,9 @@ def _device_info(device):
 
 
 def _tma_ready(x, weight):
-    """Can tensor descriptors (TMA) address both operands: a Hopper or newer GPU, a
-    contiguous last dimension, 16-byte-aligned base and row stride?"""
+    """Can tensor descriptors (TMA) address both operands: a GPU with TMA, a
+    contiguous last dimension, 16-byte-aligned base and row stride, rows that do not
+    overlap?"""
     size = x.element_size()
     return (
         _device_info(x.device)[2]

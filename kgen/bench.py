@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from kgen import reference
 from kgen.ir import Gemm, Kernel
-from kgen.tune import Shape, inputs
+from kgen.tune import Shape, inputs, median_ms
 
 
 @dataclass
@@ -84,12 +84,6 @@ def eager_function(kernel: Kernel) -> Callable[..., torch.Tensor]:
     return eager
 
 
-def _ms(fn: Callable[[], Any]) -> float:
-    from triton.testing import do_bench
-
-    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-
 def bench_case(
     module: ModuleType,
     kernel: Kernel,
@@ -106,14 +100,14 @@ def bench_case(
     saved = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        kgen_ms = _ms(lambda: function(*args, **floats))
-        eager_ms = _ms(lambda: eager(*args, **floats))
-        mm_ms = _ms(lambda: torch.mm(x, w))
+        kgen_ms = median_ms(lambda: function(*args, **floats))
+        eager_ms = median_ms(lambda: eager(*args, **floats))
+        mm_ms = median_ms(lambda: torch.mm(x, w))
         compile_ms = None
         if with_compile:
             compiled = torch.compile(eager, mode="max-autotune-no-cudagraphs", dynamic=False)
             compiled(*args, **floats)
-            compile_ms = _ms(lambda: compiled(*args, **floats))
+            compile_ms = median_ms(lambda: compiled(*args, **floats))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
     return Row(

@@ -10,10 +10,12 @@ spec is compiled even when an earlier one fails, so one run reports every error.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import black
 
@@ -36,8 +38,12 @@ def compile_spec(text: str, filename: str) -> Compiled:
     """Spec text -> formatted module source. Raises SpecError for a bad spec."""
     tree = parse(text)
     kernel = analyze(tree, filename, text)
-    source = black.format_str(emit_module(kernel), mode=_BLACK_MODE)
-    return Compiled(kernel, source)
+    return Compiled(kernel, render(kernel))
+
+
+def render(kernel: Kernel) -> str:
+    """A kernel's module source, formatted."""
+    return black.format_str(emit_module(kernel), mode=_BLACK_MODE)
 
 
 def read_spec(path: Path) -> str:
@@ -64,6 +70,16 @@ def read_spec(path: Path) -> str:
 
 def _normalise(text: str) -> str:
     return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def import_file(path: Path, name: str | None = None) -> ModuleType:
+    """Import a generated module from its file, as `name` (default: after the file);
+    kernels must come from a real file, which the GPU compiler reads the source of."""
+    spec = importlib.util.spec_from_file_location(name or f"kgen_generated_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_atomic(path: Path, text: str) -> None:

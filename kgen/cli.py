@@ -15,14 +15,13 @@ Errors print as `FILE:LINE:COL: error: message`, the line and a caret; check fin
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
 from kgen import __version__
-from kgen.build import build, compile_spec, read_spec
+from kgen.build import build, compile_spec, import_file, read_spec
 from kgen.check import check_files
 from kgen.errors import Diagnostic, EncodingError, SpecError, format_diagnostic, format_error
 from kgen.ir import format_kernel
@@ -168,15 +167,6 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
     print(f"{checked}, no findings", file=sys.stderr)
     return 0
-
-
-def import_file(path: Path) -> ModuleType:
-    """Import a generated module from its file (the GPU compiler needs the source on disk)."""
-    spec = importlib.util.spec_from_file_location(f"kgen_generated_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _gpu_cases(

@@ -36,8 +36,8 @@ Config = tuple[int, int, int, int, int, int, str]
 
 NUM_WARPS = (4, 8)
 NUM_STAGES = (2, 3)
-LOOPS = ("pointer", "tma", "persistent")
-TMA_LOOPS = LOOPS[1:]
+_LOOPS = ("pointer", "tma", "persistent")
+LOOPS = _LOOPS
 
 # The heuristic's choices; the name says when `_heuristic` picks each.
 _CONFIGS: dict[str, Config] = {
@@ -84,6 +84,25 @@ def _heuristic(
     return (block_m, block_n, block_k, group_m, num_warps, num_stages, loop)
 
 
+def _tuned(
+    table: object, dtype: torch.dtype, bucket: str, tma: bool
+) -> tuple[int, int, int, int, int, int, str] | None:
+    """The tuning file's configuration for this dtype and shape bucket (`table` is the
+    file's entry for this GPU), if it is a usable one: a module must work whatever the
+    file holds, and a TMA configuration is no use where TMA cannot run."""
+    by_dtype = table.get(str(dtype)[6:]) if isinstance(table, dict) else None
+    config = by_dtype.get(bucket) if isinstance(by_dtype, dict) else None
+    if (
+        not isinstance(config, list)
+        or len(config) != 7
+        or not all(isinstance(v, int) and v > 0 for v in config[:6])
+        or config[6] not in _LOOPS
+        or (config[6] != "pointer" and not tma)
+    ):
+        return None
+    return tuple(config)
+
+
 def choose_config(M: int, N: int, K: int, dtype: torch.dtype, tma: bool = False) -> Config:
     """The untuned choice (what `_heuristic` in a generated module returns)."""
     return _heuristic(M, N, K, dtype, tma)
@@ -94,13 +113,14 @@ def bucket(M: int, N: int, K: int) -> str:
 
 
 def source() -> str:
-    """`_CONFIGS`, `_bucket` and `_heuristic`, verbatim, for the generated module."""
+    """`_LOOPS`, `_CONFIGS`, `_bucket`, `_heuristic` and `_tuned`, verbatim, for the
+    generated module."""
     table = "\n".join(f"    {name!r}: {config!r}," for name, config in _CONFIGS.items())
     head = (
         "# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, loop); see kgen/configs.py"
     )
-    functions = "\n\n".join(inspect.getsource(f) for f in (_bucket, _heuristic))
-    return f"{head}\n_CONFIGS = {{\n{table}\n}}\n\n\n{functions}"
+    functions = "\n\n".join(inspect.getsource(f) for f in (_bucket, _heuristic, _tuned))
+    return f"{head}\n_LOOPS = {_LOOPS!r}\n_CONFIGS = {{\n{table}\n}}\n\n\n{functions}"
 
 
 def is_valid(config: Config) -> bool:

@@ -399,21 +399,6 @@ def _load_tuning(path):
     return table
 
 
-def _tuned(table, dtype, bucket, tma):
-    \"\"\"The tuned configuration for this dtype and bucket, if there is a usable one.\"\"\"
-    by_dtype = table.get(str(dtype)[6:]) if isinstance(table, dict) else None
-    config = by_dtype.get(bucket) if isinstance(by_dtype, dict) else None
-    if (
-        not isinstance(config, list)
-        or len(config) != 7
-        or not all(isinstance(v, int) and v > 0 for v in config[:6])
-        or config[6] not in ("pointer", "tma", "persistent")
-        or (config[6] != "pointer" and not tma)
-    ):
-        return None
-    return tuple(config)
-
-
 _TUNING = _load_tuning(_TUNING_FILE)
 _DEVICES = {{}}  # device -> (tuned configurations for its GPU, number of SMs, has TMA)
 _CHOSEN = {{}}  # (M, N, K, dtype, tma, device) -> configuration
@@ -437,8 +422,9 @@ def _device_info(device):
 
 
 def _tma_ready(x, weight):
-    \"\"\"Can tensor descriptors (TMA) address both operands: a Hopper or newer GPU, a
-    contiguous last dimension, 16-byte-aligned base and row stride?\"\"\"
+    \"\"\"Can tensor descriptors (TMA) address both operands: a GPU with TMA, a
+    contiguous last dimension, 16-byte-aligned base and row stride, rows that do not
+    overlap?\"\"\"
     size = x.element_size()
     return (
         _device_info(x.device)[2]

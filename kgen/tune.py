@@ -22,7 +22,7 @@ import concurrent.futures
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -88,22 +88,26 @@ def float_values(kernel: Kernel, floats: dict[str, float]) -> list[float]:
 
 
 class _Capture:
-    """Stands in for the module's kernel while `_launch` runs: compiles (or, with
-    `launch`, runs) and keeps the compiled kernel, so its resources can be read."""
+    """Stands in for the module's kernel while `_launch` runs: compiles without
+    launching and keeps the compiled kernel, so its resources can be read."""
 
-    def __init__(self, jit: Any, launch: bool) -> None:
-        self.jit, self.launch = jit, launch
+    def __init__(self, jit: Any) -> None:
+        self.jit = jit
         self.compiled: Any = None
 
     def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
-            if self.launch:
-                self.compiled = self.jit[grid](*args, **kwargs)
-            else:
-                self.compiled = self.jit.warmup(*args, grid=grid, **kwargs)
+            self.compiled = self.jit.warmup(*args, grid=grid, **kwargs)
             return self.compiled
 
         return call
+
+
+def median_ms(fn: Callable[[], Any], warmup: int = 25, rep: int = 100) -> float:
+    """`triton.testing.do_bench`'s median in milliseconds (L2 flushed between runs)."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
 
 
 @dataclass
@@ -122,12 +126,12 @@ def compile_all(
     cands: Sequence[configs.Config],
     args: list[torch.Tensor],
     values: list[float],
+    tma: bool,
     workers: int = 8,
 ) -> list[Candidate]:
     """Compile every candidate in parallel; read registers, spills and shared memory."""
     name = f"{kernel.name}_kernel"
     jit = getattr(module, name)
-    tma = module._tma_ready(args[0], args[1])
     results = [Candidate(c) for c in cands]
     captures: list[_Capture | None] = []
     with (
@@ -135,7 +139,7 @@ def compile_all(
         triton.AsyncCompileMode(pool, ignore_errors=True),
     ):
         for result in results:
-            capture: _Capture | None = _Capture(jit, launch=False)
+            capture: _Capture | None = _Capture(jit)
             setattr(module, name, capture)
             try:
                 module._launch(result.config, tma, *args, *values)
@@ -164,61 +168,38 @@ def compile_all(
     return results
 
 
-def time_config(
-    module: ModuleType,
-    config: configs.Config,
-    args: list[torch.Tensor],
-    values: list[float],
-    rep: int,
-) -> float:
-    from triton.testing import do_bench
-
-    tma = module._tma_ready(args[0], args[1])
-    return float(
-        do_bench(
-            lambda: module._launch(config, tma, *args, *values),
-            warmup=5,
-            rep=rep,
-            return_mode="median",
-        )
-    )
-
-
 def tune_case(
     module: ModuleType,
     kernel: Kernel,
     shape: Shape,
     dtype: torch.dtype,
-    progress: Callable[[str], None] | None = None,
 ) -> tuple[Candidate | None, list[Candidate]]:
     """The best configuration for one (shape, dtype), and every candidate's record."""
+    from tqdm import tqdm
+
     args, floats = inputs(kernel, shape, dtype)
     values = float_values(kernel, floats)
     tma = module._tma_ready(args[0], args[1])
-    num_sms = torch.cuda.get_device_properties(args[0].device).multi_processor_count
+    num_sms = module._device_info(args[0].device)[1]  # what a persistent launch uses
     cands = configs.candidates(shape.M, shape.N, shape.K, dtype, tma, num_sms)
-    results = compile_all(module, kernel, cands, args, values)
+    results = compile_all(module, kernel, cands, args, values, tma)
+
+    def time(config: configs.Config, rep: int) -> float:
+        return median_ms(lambda: module._launch(config, tma, *args, *values), warmup=5, rep=rep)
+
     alive = [r for r in results if r.error is None and r.spills <= MAX_SPILLS]
     for r in results:
         if r.error is None and r.spills > MAX_SPILLS:
             r.error = f"{r.spills} spilled words"
-    iterator: Iterator[Candidate] = iter(alive)
-    try:
-        from tqdm import tqdm
-
-        iterator = tqdm(
-            alive, desc=f"{kernel.name} {shape} {str(dtype)[6:]}", unit="config", leave=False
-        )
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        pass
-    for r in iterator:
+    desc = f"{kernel.name} {shape} {str(dtype)[6:]}"
+    for r in tqdm(alive, desc=desc, unit="config", leave=False):
         try:
-            r.ms = time_config(module, r.config, args, values, rep=20)
+            r.ms = time(r.config, rep=20)
         except Exception as err:  # a launch failure prunes the candidate
             r.error = f"{type(err).__name__}: {err}"[:200]
     finalists = sorted((r for r in alive if r.error is None), key=lambda r: r.ms)[:FINALISTS]
     for r in finalists:
-        r.ms = time_config(module, r.config, args, values, rep=100)
+        r.ms = time(r.config, rep=100)
     best = min(finalists, key=lambda r: r.ms, default=None)
     return best, results
 

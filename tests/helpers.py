@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import itertools
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from kgen import build
 from kgen.build import Compiled, compile_spec, read_spec, write_atomic
 from kgen.ir import Kernel
 
@@ -24,13 +24,8 @@ _counter = itertools.count()
 
 
 def import_file(path: Path) -> ModuleType:
-    """Import a module from a real file (the GPU compiler needs the source on disk)."""
-    name = f"kgen_test_module_{path.stem}_{next(_counter)}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """Import a module from a real file, under a name of its own for each import."""
+    return build.import_file(path, f"kgen_test_module_{path.stem}_{next(_counter)}")
 
 
 @functools.cache

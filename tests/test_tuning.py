@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+import triton
 from helpers import GENERATED, build_and_import, committed
 from hypothesis import given
 from hypothesis import strategies as st
@@ -56,11 +57,7 @@ def test_candidates_follow_the_rules(
         if dtype == torch.float32:
             assert bk <= 32
         if loop == "persistent":
-            assert triton_cdiv(M, bm) * triton_cdiv(N, bn) > num_sms
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+            assert triton.cdiv(M, bm) * triton.cdiv(N, bn) > num_sms
 
 
 def test_tuning_file_round_trip_and_format(tmp_path) -> None:
