@@ -8,10 +8,12 @@ may differ from it in three ways, each bounded on its own:
 
 1. **The GEMM.** fp32 accumulation -- and, for fp32 operands, the rounding of what the
    tensor cores see -- moves acc by at most
-       delta = LAMBDA * sqrt(K) * u * (|x| @ |w|),
+       delta = LAMBDA * sqrt(K) * u * (|x| @ |w|) + K * UNDERFLOW,
    the probabilistic bound for a K-term dot product with unit roundoff u (Higham &
    Mary, SIAM J. Sci. Comput. 41(5), 2019; LAMBDA = 4 holds with probability
-   > 1 - 1e-6 per element). Through f that allows (a) anything between the least and
+   > 1 - 1e-6 per element), plus what products and sums below fp32's normal range
+   lose, which is absolute, not relative: up to UNDERFLOW = 2^-126 each when the
+   hardware flushes subnormals to zero (an epilogue that scales acc by 1e38 shows it). Through f that allows (a) anything between the least and
    the greatest of f at HULL_POINTS evenly spaced points of [acc - delta, acc + delta]
    (the ends included; f need not be monotonic there -- GELU has a minimum at -0.75,
    and TF32's delta can span it), which places a jump of `where` or `relu` inside the
@@ -61,6 +63,7 @@ GEMM_UNIT: dict[str, float] = {
     "tf32": 2.0**-11,
 }
 LAMBDA = 4.0
+UNDERFLOW = 2.0**-126  # fp32's smallest normal value
 HULL_POINTS = 9
 EPILOGUE_ULPS = 8.0
 
@@ -134,7 +137,8 @@ class _Case:
         acc = reference.gemm(kernel, x, w, torch.float64)
         magnitude = reference.gemm(kernel, x.abs(), w.abs(), torch.float64)
         unit = gemm_unit(kernel, x.dtype, device)
-        delta = LAMBDA * math.sqrt(max(x.shape[1], 1)) * unit * magnitude
+        K = x.shape[1]
+        delta = LAMBDA * math.sqrt(max(K, 1)) * unit * magnitude + K * UNDERFLOW
         # An Inf or NaN acc comes from an Inf or NaN operand, which the kernel's fp32 GEMM
         # carries as float64 does: there is no rounding to allow for, and acc -+ delta
         # (Inf - Inf) would be NaN, which would let NaN pass where the answer is Inf.

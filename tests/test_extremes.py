@@ -569,3 +569,20 @@ def test_gemm_carries_extreme_operands(
     weight = torch.tensor([[1.0, 0.5], [0.999, 1.001], [-1.5, 0.0], [0.0, v]], device=device)
     args = [x, weight]
     check_extremes(kernel, function(*args), args, {})
+
+
+def test_gemm_underflow_is_within_the_oracles_bound() -> None:
+    """Products of ~1e-20 operands fall below fp32's normal range, where rounding is
+    absolute; an epilogue scaling acc by FLT_MAX shows it (found by a fresh-clone run
+    under Triton 3.8). The oracle must accept the kernel's exact-as-fp32 answer."""
+    compiled, module = committed("gated_residual")
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(1, 8, generator=gen) * 1e-20
+        weight = torch.randn(8, 12, generator=gen) * 1e-20
+        gamma = torch.full((12,), FP32_MAX)
+        alpha, gate = torch.tensor(0.2597), torch.tensor([0.958])
+        residual = torch.randn(1, 12, generator=gen) * 0.1
+        out = module.gated_residual(x, weight, gamma, alpha, gate, residual)
+        args = (x, weight, gamma, alpha, gate, residual)
+        assert testing.check(compiled.kernel, out, *args) is None
