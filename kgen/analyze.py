@@ -16,8 +16,9 @@ from __future__ import annotations
 import builtins
 import keyword
 import math
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
 import torch
@@ -150,7 +151,39 @@ RESERVED: frozenset[str] = frozenset(
         "group_m",
         "num_warps",
         "num_stages",
+        # row operations (issue 5)
+        "tile_n",
+        "seg_n",
+        "seg_tiles",
+        "num_segs",
+        "n0",
+        "local_n",
+        "row_block",
+        "seg_id",
+        "chunk",
+        "stat_t",
+        "SPLIT",
+        "BLOCK_T",
+        "ROW_BLOCK_MAX",
+        "ALIGNED",
+        "CHUNKS",
+        "num_tiles_n",
+        "stats",
+        "split",
+        "block",
+        "consts",
+        "block_t",
+        "chunks",
+        "wide",
+        "gcol",
+        "ok",
+        "u",
+        "first",
+        "tiles",
+        "tile_mask",
+        "stat_rows",
         # the module's imports (a kernel of that name would replace one)
+        "math",
         "os",
         "json",
         "warnings",
@@ -180,7 +213,7 @@ def name_problem(n: str) -> str | None:
         return "has a form ('*_ptr', 'stride_*') that kgen reserves for generated code"
     if n in ("true", "false"):
         return "is a boolean"
-    if n in RESERVED:
+    if n in RESERVED or re.fullmatch(r"(N?SEG|BN)_\d+", n):
         return "is used by the generated module"
     if n in MODULE_ATTRIBUTES:
         return "is an attribute of torch.nn.Module, which the generated module is"
@@ -222,6 +255,7 @@ class _Analyzer:
         self.work = 0  # values evaluated or emitted so far (MAX_OPERATIONS)
         self.inlining: list[Span] = []  # the def calls whose bodies are being built
         self.step: Span | None = None  # the epilogue step being built
+        self.segment: dict[int, int] = {}  # value id -> its segment (ir.Kernel.segments)
 
     # -- entry point ---------------------------------------------------------
 
@@ -250,7 +284,7 @@ class _Analyzer:
         epilogue = singles.get(EpilogueStmt)
         init = self._init(singles.get(InitStmt), in_f, out_f)
         self._final_notes(epilogue)
-        if {name, f"{name}_kernel"} & (set(self.operands) | self.gemm_names):
+        if {name, f"{name}_kernel", f"{name}_finish"} & (set(self.operands) | self.gemm_names):
             raise NameClashError(
                 self._name_span(singles.get(NameStmt)),
                 f"the kernel's name '{name}' is also the name of a value",
@@ -580,14 +614,25 @@ class _Analyzer:
         attr: float | str | None = None,
         boolean: bool = False,
         hint: str = "",
+        size: int = 0,
+        keepdim: bool = True,
+        pool: int = 1,
     ) -> Instr:
         self._tick(span)
-        key = (op, args, attr, boolean)
+        key = (op, args, attr, boolean, size, keepdim, pool)
         if key in self.cse:
             return self.body[self.cse[key]]
-        instr = Instr(len(self.body), op, args, kind, span, attr, boolean, hint or op)
+        instr = Instr(
+            len(self.body), op, args, kind, span, attr, boolean, hint or op, size, keepdim, pool
+        )
         self.body.append(instr)
         self.cse[key] = instr.id
+        if op == "gemm":
+            self.segment[instr.id] = 0
+        elif op in ops.ROW_OPS:
+            self.segment[instr.id] = instr.id
+        else:
+            self.segment[instr.id] = max((self.segment[a] for a in args), default=-1)
         return instr
 
     def _const(self, value: float, span: Span) -> Instr:
@@ -604,7 +649,43 @@ class _Analyzer:
                     "const", (), Kind.SCALAR, span, folded, boolean=opdef.boolean, hint="const"
                 )
         kind = opdef.result_kind(args)
-        return self._emit(opdef.name, tuple(a.id for a in args), kind, span, boolean=opdef.boolean)
+        pool = self._columns(args, kind, span)
+        return self._emit(
+            opdef.name, tuple(a.id for a in args), kind, span, boolean=opdef.boolean, pool=pool
+        )
+
+    def _columns(self, args: list[Instr], kind: Kind, span: Span) -> int:
+        """The pool of an elementwise result (ir.Instr.pool), after checking that its
+        arguments come from one segment and have the same columns."""
+        segments = {self.segment[a.id] for a in args} - {-1}
+        if len(segments) > 1:
+            later = self.body[max(segments)]
+            raise NotSupportedError(
+                span,
+                f"this combines a value from before the row operation '{later.op}' (at "
+                f"{later.span}) with one from after it",
+                "a value bound before a row operation cannot be used after it; "
+                "recompute it, or apply it before the row operation",
+            )
+        segment = segments.pop() if segments else -1
+        root = self.body[segment] if segment > 0 else None
+        if kind is Kind.TILE and root is not None and ops.ROW_OPS[root.op].reduces:
+            raise KindError(
+                span,
+                f"after '{root.op}' (at {root.span}) the value has one column per row; "
+                "this would spread it over N columns",
+                "combine it with numbers, floats, scalars and [M] vectors only",
+            )
+        pools = {a.pool for a in args if a.kind in (Kind.TILE, Kind.COL)}
+        if len(pools) > 1:
+            raise KindError(
+                span,
+                "this combines values with different numbers of columns: "
+                + " and ".join("N" if p == 1 else f"N/{p}" for p in sorted(pools)),
+                "after avgpool/maxpool(k) the value has N/k columns; [N] vectors and "
+                "[M, N] inputs no longer fit it",
+            )
+        return pools.pop() if pools and kind is Kind.TILE else 1
 
     def _operand_value(self, name: str, span: Span) -> Instr:
         operand = self.operands[name]
@@ -660,6 +741,8 @@ class _Analyzer:
         name = step.op.name
         if name in self.defs and self.defs[name].index < env.visible_defs:
             return self._call_def(self.defs[name], step.args, env.acc, step.span, env)
+        if name in ops.ROW_OPS:
+            return self._row_step(ops.ROW_OPS[name], step, env)
         opdef = self._lookup_op(step.op, env)
         if not opdef.step:
             raise UnknownOpError(
@@ -677,8 +760,8 @@ class _Analyzer:
         if n in ops.ROW_OPS:
             raise NotSupportedError(
                 name.span,
-                f"row operation '{n}' is not supported yet",
-                "row operations (softmax, layernorm, ...) are reserved for kgen v2",
+                f"row operation '{n}' is a step of the epilogue, not a function",
+                f"apply it to acc as a step: `epilogue: ...; {n}`",
             )
         if n in self.defs or n in self.later_defs:
             where = self.defs[n].stmt.name.span if n in self.defs else self.later_defs[n]
@@ -767,6 +850,98 @@ class _Analyzer:
             self._check_kind(opdef, "x", opdef.x_type, x, span)
         implicit = [self._implicit(opdef, n, name.span) for n in opdef.implicit]
         return self._apply(opdef, [values[0], *implicit, *values[1:]], span)
+
+    def _row_step(self, rowdef: ops.RowOpDef, step: OpStep, env: _Env) -> Instr:
+        """A row operation on acc (LANGUAGE.md, "Row operations")."""
+        name = step.op.name
+        x = env.acc
+        if x.kind not in (Kind.TILE, Kind.ROW):
+            got = "a number" if x.kind is Kind.SCALAR else f"a {x.kind.value} value"
+            raise KindError(
+                step.op.span,
+                f"'{name}' works on the rows of an [M, N] value; acc here is {got}",
+                "apply row operations to a value that depends on the GEMM",
+            )
+        exprs = self._bind_args(name, rowdef.params, step.args, step.span)
+        size, keepdim, args = 0, True, [x]
+        for (pname, _), expr in zip(rowdef.params, exprs, strict=True):
+            if pname in ("groups", "k"):
+                size = self._positive_int(expr, name, pname, step.span)
+            elif pname == "keepdim":
+                keepdim = self._boolean(expr, name, step.span)
+            elif isinstance(expr, float):
+                args.append(self._const(expr, step.span))
+            else:
+                value = self._value(expr, env)
+                self._check_kind_scalar(name, pname, value, expr.span)
+                args.append(value)
+        if rowdef.size == "k" and x.kind is Kind.ROW and size != 1:
+            raise KindError(
+                step.op.span,
+                f"{name}({size}) of one column per row leaves no column",
+                "a reduction before it left one value per row",
+            )
+        if rowdef.affine:
+            if x.kind is Kind.ROW:
+                raise NotSupportedError(
+                    step.op.span,
+                    f"'{name}' of the one value per row a reduction leaves is not supported",
+                    "apply it before the reduction",
+                )
+            for part, init in (("weight", "ones"), ("bias", "zeros")):
+                base = f"{name}_{part}"
+                operand_name, n = base, 1
+                while operand_name in self.operands or operand_name in RESERVED:
+                    n += 1
+                    operand_name = f"{name}{n}_{part}"
+                self._add_operand(
+                    Operand(operand_name, Role.VECTOR, Kind.COL, step.op.span, init, pool=x.pool)
+                )
+                self.used_operands.add(operand_name)
+                args.append(
+                    self._emit(
+                        "load",
+                        (),
+                        Kind.COL,
+                        step.op.span,
+                        attr=operand_name,
+                        hint=part,
+                        pool=x.pool,
+                    )
+                )
+        kind, pool = rowdef.result(x, size)
+        return self._emit(
+            name,
+            tuple(a.id for a in args),
+            kind,
+            step.span,
+            hint=name,
+            size=size,
+            keepdim=keepdim,
+            pool=pool,
+        )
+
+    def _positive_int(self, expr: Expr | float, op: str, pname: str, span: Span) -> int:
+        where = span if isinstance(expr, float) else expr.span
+        if isinstance(expr, Number) and expr.value == int(expr.value) and 1 <= expr.value <= 2**20:
+            return int(expr.value)
+        raise ArgumentError(
+            where,
+            f"{op}'s '{pname}' must be a whole number from 1 to {2**20}",
+            "it decides the kernel's layout, so it is fixed when the kernel is built",
+        )
+
+    def _boolean(self, expr: Expr | float, op: str, span: Span) -> bool:
+        if isinstance(expr, float):
+            return bool(expr)
+        if isinstance(expr, Name) and expr.name in ("true", "false"):
+            return expr.name == "true"
+        raise ArgumentError(expr.span, f"{op}'s 'keepdim' must be true or false")
+
+    def _check_kind_scalar(self, op: str, pname: str, value: Instr, span: Span) -> None:
+        if value.kind is not Kind.SCALAR or value.boolean:
+            got = "a comparison" if value.boolean else f"a {value.kind.value} value"
+            raise KindError(span, f"{op}'s argument '{pname}' must be a scalar, got {got}")
 
     def _implicit(self, opdef: ops.OpDef, operand: str, span: Span) -> Instr:
         assert operand == "bias"
@@ -1072,18 +1247,7 @@ def _prune(body: list[Instr], result: int) -> tuple[tuple[Instr, ...], int]:
             live.update(instr.args)
     ids = {old: new for new, old in enumerate(i.id for i in body if i.id in live)}
     pruned = tuple(
-        Instr(
-            ids[i.id],
-            i.op,
-            tuple(ids[a] for a in i.args),
-            i.kind,
-            i.span,
-            i.attr,
-            i.boolean,
-            i.hint,
-        )
-        for i in body
-        if i.id in live
+        replace(i, id=ids[i.id], args=tuple(ids[a] for a in i.args)) for i in body if i.id in live
     )
     return pruned, ids[result]
 

@@ -596,9 +596,12 @@ def _store_then_load(m: Module, fn: Function) -> Iterator[Problem]:
                 if kind == "store":
                     stored.setdefault(base, line)
                 elif base in stored:
-                    yield line, (
-                        f"`{fn.name}` loads from `{base}` after storing to it "
-                        f"(line {stored[base]}): keep the value in registers"
+                    yield (
+                        line,
+                        (
+                            f"`{fn.name}` loads from `{base}` after storing to it "
+                            f"(line {stored[base]}): keep the value in registers"
+                        ),
                     )
 
     def walk(stmts: list[ast.stmt], stored: dict[str, int]) -> Iterator[Problem]:
@@ -675,9 +678,12 @@ def rule_loop_exit(m: Module) -> Iterator[Problem]:
         for s in stmts:
             if isinstance(s, ast.Break | ast.Continue | ast.Return) and loop:
                 word = type(s).__name__.lower()
-                yield s.lineno, (
-                    f"`{word}` inside a loop in @triton.jit `{fn}`: Triton does not compile "
-                    "it; use a mask or the loop bound"
+                yield (
+                    s.lineno,
+                    (
+                        f"`{word}` inside a loop in @triton.jit `{fn}`: Triton does not compile "
+                        "it; use a mask or the loop bound"
+                    ),
                 )
             elif isinstance(s, ast.For | ast.While | ast.AsyncFor):
                 yield from walk(s.body, fn, True)
@@ -843,9 +849,12 @@ def rule_zero_grid(m: Module) -> Iterator[Problem]:
                 and m.resolve(entry.id, la.scope, la.call.lineno) is None
                 and entry is la.grid
             ):
-                yield line, (
-                    f"cannot see how grid `{entry.id}` of {launch} is built: "
-                    "build it here from triton.cdiv(...) or max(1, ...)"
+                yield (
+                    line,
+                    (
+                        f"cannot see how grid `{entry.id}` of {launch} is built: "
+                        "build it here from triton.cdiv(...) or max(1, ...)"
+                    ),
                 )
                 continue
             through = ""
@@ -853,9 +862,12 @@ def rule_zero_grid(m: Module) -> Iterator[Problem]:
                 bad_line = getattr(bad, "lineno", line)
                 at = f", line {bad_line}" if bad_line != line else ""
                 through = f" (through `{_src(bad)}`{at})"
-            yield line, (
-                f"grid entry `{_src(entry)}`{through} of {launch} may be 0: "
-                "use triton.cdiv(...) or max(1, ...)"
+            yield (
+                line,
+                (
+                    f"grid entry `{_src(entry)}`{through} of {launch} may be 0: "
+                    "use triton.cdiv(...) or max(1, ...)"
+                ),
             )
 
 

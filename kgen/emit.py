@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from kgen import __version__, configs, tlib
+from kgen import __version__, configs, rows, tlib
 from kgen.analyze import RESERVED
 from kgen.ir import Gemm, InitArg, Kernel, Kind, Operand, Role
 from kgen.ops import OPS
@@ -80,6 +80,8 @@ def _pointer_args(kernel: Kernel) -> list[str]:
     if kernel.has_bias:
         args.append("bias_ptr")
     args.append("out_ptr")
+    if kernel.row_ops:
+        args.append("stats_ptr")
     args += [f"{t.name}_ptr" for t in kernel.tensors]
     return args
 
@@ -243,12 +245,21 @@ def _dot_bf16x3(a, b, acc, UPCAST_DOT: tl.constexpr):
 """
 
 
-def _epilogue(kernel: Kernel) -> Iterator[str]:
-    """One line per IR value after the gemm, with the spec line each group came from."""
+def _new_namer(kernel: Kernel) -> _Namer:
     taken = set(RESERVED) | {o.name for o in kernel.operands}
     taken |= {f"{o.name}_ptr" for o in kernel.operands}
-    namer = _Namer(taken)
+    return _Namer(taken)
+
+
+def _epilogue(kernel: Kernel) -> Iterator[str]:
+    """One line per IR value after the gemm, with the spec line each group came from."""
+    namer = _new_namer(kernel)
     names: dict[int, str] = {0: "acc"}
+    if kernel.row_ops:
+        writer = rows.Writer(kernel, namer, names, indent=8)
+        rows.gemm_epilogue(writer, kernel)
+        yield from writer.lines
+        return
     lines = _spec_lines(kernel)
     last_line = 0
     for instr in kernel.body[1:]:
@@ -284,13 +295,58 @@ def _epilogue(kernel: Kernel) -> Iterator[str]:
     yield f"        tl.store(out_ptrs, {value}.to(out_ptr.dtype.element_ty), mask=mask_mn)"
 
 
+def _row_constexprs(kernel: Kernel) -> list[str]:
+    names = ["SPLIT", "ALIGNED"]
+    for step in rows.steps(kernel):
+        names += [f"SEG_{step.index}", f"NSEG_{step.index}"]
+        if step.rowdef.kind is rows.RowKind.POOL:
+            names.append(f"BN_{step.index}")
+    return names
+
+
+# The mainloop of a kernel with row operations: tiles of `tile_n` columns that never
+# straddle a segment of `seg_n` columns (kgen/rows.py), at any column offset n0.
+_ROW_TILES = [
+    (
+        "    num_pid_n = tl.cdiv(N, BLOCK_N)\n",
+        "    num_pid_n = num_segs * seg_tiles\n    num_tiles_n = num_pid_n\n",
+    ),
+    (
+        "        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)\n",
+        "        seg_id = pid_n // seg_tiles\n"
+        "        chunk = pid_n % seg_tiles\n"
+        "        n0 = seg_id * seg_n + chunk * tile_n\n"
+        "        local_n = tl.arange(0, BLOCK_N)\n"
+        "        offs_n = n0 + local_n\n",
+    ),
+    ("pid_n * BLOCK_N, k_step", "n0, k_step"),
+    ("k_step * BLOCK_K, pid_n * BLOCK_N", "k_step * BLOCK_K, n0"),
+    (
+        "            offs_wn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)\n",
+        "            if ALIGNED:  # tiles start at multiples of BLOCK_N\n"
+        "                offs_wn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)\n"
+        "            else:\n"
+        "                offs_wn = offs_n % N\n",
+    ),
+    (
+        "        mask_n = offs_n < N\n",
+        "        mask_n = (local_n < tile_n) & (chunk * tile_n + local_n < seg_n) & (offs_n < N)\n",
+    ),
+]
+
+
 def _kernel(kernel: Kernel) -> str:
     strides = ["stride_xm", "stride_xk", "stride_wk", "stride_wn", "stride_om", "stride_on"]
     for operand in _strided(kernel):
         strides += _stride_names(operand)
-    params = [*_pointer_args(kernel), "x_desc", "w_desc", "M", "N", "K", *strides]
+    sizes = ["M", "N", "K"] + (
+        ["tile_n", "seg_n", "seg_tiles", "num_segs"] if kernel.row_ops else []
+    )
+    params = [*_pointer_args(kernel), "x_desc", "w_desc", *sizes, *strides]
     params += [f.name for f in kernel.floats]
     params += [f"{c}: tl.constexpr" for c in _CONSTEXPRS]
+    if kernel.row_ops:
+        params += [f"{c}: tl.constexpr" for c in _row_constexprs(kernel)]
     head = [
         "@triton.jit",
         f"def {kernel.name}_kernel(",
@@ -300,17 +356,51 @@ def _kernel(kernel: Kernel) -> str:
     ]
     # adding an int64 zero turns a stride (an int32, or a constexpr 1) into an int64
     wide = [f"        {s} = {s} + tl.zeros([], dtype=tl.int64)" for s in strides]
-    body = (
-        _MAINLOOP.replace("{wide_strides}", "\n".join(wide))
-        .replace("{w_desc_load}", _W_DESC_LOAD[kernel.gemm])
-        .strip("\n")
+    body = _MAINLOOP.replace("{wide_strides}", "\n".join(wide)).replace(
+        "{w_desc_load}", _W_DESC_LOAD[kernel.gemm]
     )
-    return "\n".join([*head, body, *_epilogue(kernel)]) + "\n"
+    if kernel.row_ops:
+        for old, new in _ROW_TILES:
+            assert body.count(old) <= 1, old  # one of the descriptor loads is there
+            body = body.replace(old, new)
+    text = "\n".join([*head, body.strip("\n"), *_epilogue(kernel)]) + "\n"
+    if rows.finish_needed(kernel):
+        text += "\n\n" + _finish_kernel(kernel)
+    return text
+
+
+def _finish_kernel(kernel: Kernel) -> str:
+    """The second pass of the two-pass strategy (kgen/rows.py)."""
+    strides = ["stride_om", "stride_on"]
+    for operand in _strided(kernel):
+        strides += _stride_names(operand)
+    pointers = ["out_ptr", "stats_ptr"] + [
+        p for p in _pointer_args(kernel) if p not in ("x_ptr", "weight_ptr", "out_ptr", "stats_ptr")
+    ]
+    params = [*pointers, "M", "N", *strides, "tile_n", "seg_n", "seg_tiles", "num_segs"]
+    params += [f.name for f in kernel.floats]
+    constexprs = ["SPLIT", "BLOCK_M", "BLOCK_N", "BLOCK_T", "CHUNKS", "WIDE"]
+    params += [f"{c}: tl.constexpr" for c in constexprs]
+    head = [
+        "@triton.jit",
+        f"def {kernel.name}_finish(",
+        *(f"    {p}," for p in params),
+        "):",
+        f'    """Two-pass row operations of {kernel.name}: combine the tiles\' statistics, '
+        'finish BLOCK_M rows of one segment."""',
+        "    if WIDE:",
+        *(f"        {s} = {s} + tl.zeros([], dtype=tl.int64)" for s in strides),
+    ]
+    writer = rows.Writer(kernel, _new_namer(kernel), {}, indent=4)
+    rows.finish_body(writer, kernel)
+    return "\n".join([*head, *writer.lines]) + "\n"
 
 
 def _helpers(kernel: Kernel) -> str:
     needed = {h for instr in kernel.body if instr.op in OPS for h in OPS[instr.op].helpers}
     parts = [h.source.strip("\n") for h in tlib.closure(needed)]
+    if kernel.row_ops:
+        parts.append(rows.SEGMENT_HELPERS.strip("\n"))
     if kernel.precision == "bf16x3":
         parts.append(_DOT_BF16X3.strip("\n"))
     parts.append(_DOT.replace("{fp32_dot}", _FP32_DOT[kernel.precision]).strip("\n"))
@@ -527,13 +617,16 @@ def _launcher(kernel: Kernel) -> str:
         "    )",
         "    return out",
     ]
+    if kernel.row_ops:
+        run = _row_launch(kernel, positional, floats, kernel_args, out_dtype, w_shape, w_block)
     sig = positional + (["*", *keywords] if keywords else [])
     shapes = {Kind.TILE: "(M, N)", Kind.COL: "(N,)", Kind.ROW: "(M,)", Kind.SCALAR: "()"}
     checks = [f"    M, N, K = _check_gemm(x, weight, linear={linear})"]
     if kernel.has_bias:
         checks.append('    _check_tensor("bias", bias, (N,), x)')
     for t in kernel.tensors:
-        checks.append(f'    _check_tensor("{t.name}", {t.name}, {shapes[t.kind]}, x)')
+        shape = shapes[t.kind] if t.pool == 1 else f"(N // {t.pool},)"
+        checks.append(f'    _check_tensor("{t.name}", {t.name}, {shape}, x)')
     for f in floats:
         checks.append(f'    {f} = _check_float("{f}", {f})')
     call_args = ", ".join(positional + floats)
@@ -550,6 +643,106 @@ def _launcher(kernel: Kernel) -> str:
         f"        return _launch(config, tma, {call_args})",
     ]
     return "\n".join(run) + "\n\n\n" + "\n".join(public) + "\n"
+
+
+def _row_launch(
+    kernel: Kernel,
+    positional: list[str],
+    floats: list[str],
+    kernel_args: list[str],
+    out_dtype: str,
+    w_shape: str,
+    w_block: str,
+) -> list[str]:
+    """`_launch` for a kernel with row operations: the plan (kgen/rows.py), the GEMM
+    kernel, and the finishing kernel when a row operation runs in two passes."""
+    linear = kernel.gemm is Gemm.LINEAR
+    columns, pool = kernel.output_columns()
+    out_shape = {"N": f"(M, N // {pool})", "1": "(M, 1)", "": "(M, 1)"}[columns]
+    view = ".view(M)" if columns == "" else ""
+    reduces = tuple(s.rowdef.reduces for s in rows.steps(kernel))
+    gemm_args = list(kernel_args)
+    gemm_args.insert(gemm_args.index("out") + 1, "stats")
+    gemm_args.insert(gemm_args.index("K") + 1, "tile_n, seg_n, seg_tiles, num_segs")
+    pointers = ["out", "stats"] + (["bias"] if kernel.has_bias else [])
+    pointers += [t.name for t in kernel.tensors]
+    strides = [a for a in kernel_args[kernel_args.index("K") + 1 :] if a not in floats]
+    strides = [s for s in strides if not s.startswith(("x.", "weight."))]
+    finish_args = [*pointers, "M", "N", *strides, "tile_n, seg_n, seg_tiles, num_segs", *floats]
+    tensors = ["x", "weight"] + (["bias"] if kernel.has_bias else []) + ["out"]
+    tensors += [t.name for t in kernel.tensors]
+    doc = '    """Run the kernels with a given configuration; the arguments are already checked,'
+    lines = [
+        f"def _launch(config, tma, {', '.join(positional + floats)}):",
+        doc,
+        '    `tma` is _tma_ready(x, weight)."""',
+        "    M, K = x.shape",
+        f"    N = weight.shape[{0 if linear else 1}]",
+        f"    out = torch.empty({out_shape}, device=x.device, dtype={out_dtype})",
+    ]
+    lines += [
+        "    if out.numel() == 0:",
+        f"        return out{view}",
+        "    block_m, block_n, block_k, group_m, num_warps, num_stages, loop = config",
+        "    split, tile_n, seg_n, seg_tiles, num_segs, block, consts, block_t = _row_plan(N, block_n)",
+        "    if block > block_n:  # a whole row in one tile: fewer rows, as many values",
+        "        block_m = max(16, block_m * block_n // block)",
+        "    block_n = block",
+        "    grid = triton.cdiv(M, block_m) * max(1, num_segs * seg_tiles)",
+        "    stats = out  # (unused without a split)",
+        "    if split >= 0:",
+        f"        stats = torch.empty(({rows.stat_count(kernel)}, M, num_segs * seg_tiles), device=x.device, dtype=torch.float32)",
+        "    x_desc = w_desc = None",
+        '    if loop == "pointer" or not tma:',
+        '        loop = "pointer"',
+        "    else:",
+        "        x_desc = TensorDescriptor(x, [M, K], [x.stride(0), 1], [block_m, block_k])",
+        f"        w_desc = TensorDescriptor(weight, {w_shape}, [weight.stride(0), 1], {w_block})",
+        '        if loop != "tma":  # persistent: a program per SM',
+        "            grid = min(grid, _device_info(x.device)[1])",
+        f"    wide = _wide({', '.join(tensors)})",
+        f"    {kernel.name}_kernel[(grid,)](",
+        *(f"        {a}," for a in gemm_args),
+        "        BLOCK_M=block_m,",
+        "        BLOCK_N=block_n,",
+        "        BLOCK_K=block_k,",
+        "        GROUP_M=group_m,",
+        '        TMA=loop != "pointer",',
+        '        FLATTEN=loop == "persistent",',
+        "        WIDE=wide,",
+        "        UPCAST_DOT=_INTERPRET,",
+        "        SPLIT=split,",
+        "        ALIGNED=tile_n == block_n and (num_segs == 1 or seg_n % block_n == 0),",
+        "        **consts,",
+        "        num_warps=num_warps,",
+        "        num_stages=num_stages,",
+        "    )",
+    ]
+    if rows.finish_needed(kernel):
+        lines += [
+            "    if split >= 0:",
+            f"        chunks = seg_tiles if _SPLIT_REDUCES[split] else {rows.FINISH_CHUNKS}",
+            f"        grid = (triton.cdiv(M, {rows.FINISH_BLOCK_M}), max(1, num_segs), triton.cdiv(seg_tiles, chunks))",
+            f"        {kernel.name}_finish[grid](",
+            *(f"            {a}," for a in finish_args),
+            "            SPLIT=split,",
+            f"            BLOCK_M={rows.FINISH_BLOCK_M},",
+            "            BLOCK_N=block_n,",
+            "            BLOCK_T=block_t,",
+            "            CHUNKS=chunks,",
+            "            WIDE=wide,",
+            "            num_warps=4,",
+            "        )",
+        ]
+    lines.append(f"    return out{view}")
+    return [
+        "# for each row operation: does it reduce (cut there, the finishing kernel stores",
+        "# one value per row)?",
+        f"_SPLIT_REDUCES = {reduces!r}",
+        "",
+        "",
+        *lines,
+    ]
 
 
 def _epilogue_text(kernel: Kernel) -> str:
@@ -615,13 +808,19 @@ def _module_class(kernel: Kernel) -> str:
         name = operand.name
         if operand.role is Role.VECTOR:
             init = operand.default
+            size = out_f if operand.pool == 1 else f"{out_f} // {operand.pool}"
             if isinstance(init, str):
-                body.append(f"        self.{name} = nn.Parameter(torch.{init}({out_f}))")
+                body.append(f"        self.{name} = nn.Parameter(torch.{init}({size}))")
             else:
-                body.append(f"        self.{name} = nn.Parameter(torch.full(({out_f},), {_literal(float(init))}))")  # type: ignore[arg-type]
+                value = _literal(float(init))  # type: ignore[arg-type]
+                body.append(f"        self.{name} = nn.Parameter(torch.full(({size},), {value}))")
         elif operand.role is Role.SCALAR:
             init = operand.default
-            fallback = f"torch.{init}(())" if isinstance(init, str) else f"torch.tensor({_literal(float(init))})"  # type: ignore[arg-type]
+            fallback = (
+                f"torch.{init}(())"
+                if isinstance(init, str)
+                else f"torch.tensor({_literal(float(init))})"  # type: ignore[arg-type]
+            )
             if name in in_args and isinstance(init, str):
                 value = f"{fallback} if {name} is None else torch.tensor(float({name}))"
             elif name in in_args:
@@ -671,6 +870,7 @@ def emit_module(kernel: Kernel) -> str:
         f'"""{kernel.name}: a fused GEMM + epilogue kernel generated by kgen."""',
         "",
         "import json",
+        *(["import math"] if kernel.row_ops else []),
         "import os",
         "import warnings",
         "",
@@ -687,6 +887,7 @@ def emit_module(kernel: Kernel) -> str:
         _kernel(kernel),
         _RUNTIME.strip("\n"),
         configs.source().strip("\n"),
+        rows.plan_source(kernel) if kernel.row_ops else "",
         _SELECT.format(tuning_file=f"{kernel.name}.tuning.json").strip("\n"),
         _launcher(kernel),
         _module_class(kernel),

@@ -13,6 +13,15 @@ Instructions are few and uniform:
     arg    NAME       a float param, passed to the kernel by value
     load   NAME       a tensor operand (bias, vector/scalar param, input)
     OP     ARGS...    a registry op (kgen.ops.OPS), arguments by value id
+    ROWOP  ARGS...    a row operation (kgen.ops.ROW_OPS): softmax, groupnorm, maxpool, ...
+
+Row operations need a whole row, or a group of columns, of their first argument.
+A value's columns are the GEMM's (`pool` = 1) or windows of `pool` GEMM columns
+after pooling; a reduction leaves one value per row (kind [M]). Every value that
+depends on the GEMM belongs to a *segment*: the gemm's, or that of the last row
+operation it derives from; an instruction never mixes two segments, so the row
+operations form one chain gemm -> R1 -> R2 -> ..., and a lowering can cut the
+epilogue at any of them (`segment`).
 
 `verify` checks the invariants; `format_kernel` prints it (`kgen show --ir`).
 """
@@ -76,6 +85,7 @@ class Operand:
     # "randn" | "zeros" | "ones" or a number. Otherwise None.
     default: float | str | None = None
     implicit: bool = False  # an undeclared name that became a required float
+    pool: int = 1  # a groupnorm's weight and bias: its value's columns (Instr.pool)
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,9 @@ class Instr:
     attr: float | str | None = None  # const: the value; arg/load: the operand name
     boolean: bool = False
     hint: str = ""  # a readable name for the emitted temporary
+    size: int = 0  # row ops: groupnorm's groups, a pool's window; else 0
+    keepdim: bool = True  # reductions: keep the reduced dimension ([M, 1], else [M])
+    pool: int = 1  # [M, N] values: GEMM columns per column (after avgpool/maxpool)
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,39 @@ class Kernel:
         assert instr.id == id_
         return instr
 
+    def segments(self) -> list[int]:
+        """Each value's segment: the id of the last row op it derives from, 0 for
+        values of the gemm's segment, -1 for values that do not depend on the gemm."""
+        from kgen.ops import ROW_OPS
+
+        seg: list[int] = []
+        for instr in self.body:
+            if instr.op == "gemm":
+                seg.append(0)
+            elif instr.op in ROW_OPS:
+                seg.append(instr.id)
+            else:
+                seg.append(max((seg[a] for a in instr.args), default=-1))
+        return seg
+
+    @property
+    def row_ops(self) -> tuple[Instr, ...]:
+        """The row operations the result derives from, first to last."""
+        from kgen.ops import ROW_OPS
+
+        return tuple(i for i in self.body if i.op in ROW_OPS)
+
+    def output_columns(self) -> tuple[str, int]:
+        """The stored value's columns: ("N", pool) for [M, N // pool] (pool 1: [M, N]),
+        ("1", 0) for [M, 1] and ("", 0) for [M], after a reduction."""
+        from kgen.ops import ROW_OPS
+
+        reduced = [i for i in self.row_ops if ROW_OPS[i.op].reduces]
+        result = self.value(self.result)
+        if reduced and result.kind is Kind.ROW:
+            return ("1", 0) if reduced[-1].keepdim else ("", 0)
+        return ("N", result.pool if result.kind is Kind.TILE else 1)
+
 
 class IRError(AssertionError):
     """An IR invariant broken: a bug in kgen, never a user's mistake."""
@@ -146,7 +192,7 @@ class IRError(AssertionError):
 
 def verify(kernel: Kernel) -> Kernel:
     """Check the IR's invariants; return it unchanged, or raise IRError."""
-    from kgen.ops import OPS  # ops depends on ir; import here to keep ir a leaf
+    from kgen.ops import OPS, ROW_OPS  # ops depends on ir; import here to keep ir a leaf
 
     names = [o.name for o in kernel.operands]
     if len(set(names)) != len(names):
@@ -172,6 +218,8 @@ def verify(kernel: Kernel) -> Kernel:
                 and operand.kind is instr.kind
                 and (operand.role is Role.FLOAT) == (instr.op == "arg")
             )
+        elif instr.op in ROW_OPS:
+            ok = ROW_OPS[instr.op].check_args(args, instr)
         else:
             opdef = OPS.get(instr.op)
             if opdef is None:
@@ -181,6 +229,11 @@ def verify(kernel: Kernel) -> Kernel:
             raise IRError(f"ill-formed instruction {format_instr(instr)}")
     if gemms != 1 or kernel.body[0].op != "gemm":
         raise IRError("the body must start with the one gemm")
+    segments = kernel.segments()
+    for instr in kernel.body:
+        used = {segments[a] for a in instr.args} - {-1}
+        if len(used) > 1:
+            raise IRError(f"%{instr.id} mixes the segments of {sorted(used)}")
     result = kernel.body[kernel.result]
     if result.boolean:
         raise IRError("the stored value is a comparison")
@@ -208,6 +261,12 @@ def format_instr(instr: Instr, body: tuple[Instr, ...] | None = None) -> str:
     else:
         shown = [_value(body[a]) if body else f"%{a}" for a in instr.args]
         rhs = f"{instr.op} " + ", ".join(shown) if shown else instr.op
+        if instr.size:
+            rhs += f" [{instr.size}]"
+        if not instr.keepdim:
+            rhs += " keepdim=false"
+    if instr.pool > 1:
+        kind += f"/{instr.pool}"
     return f"%{instr.id:<3} {kind:<8} = {rhs}"
 
 

@@ -381,22 +381,220 @@ ALIASES: dict[str, str] = {"swish": "silu", "scale": "mul"}
 BINARY_OPERATORS: dict[str, str] = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 COMPARISONS: dict[str, str] = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 
-# Row operations (LANGUAGE.md, v2): they parse, and analyze rejects them for now.
-ROW_OPS: frozenset[str] = frozenset(
-    {
+# ---------------------------------------------------------------------------
+# Row operations (LANGUAGE.md, "Row operations"): steps that need a whole row, or a
+# group of columns, of the running value. Each reduces a *segment* of columns -- the
+# whole row, a group (groupnorm) or a window (pools) -- to statistics of one family,
+# then either normalises every column with them or leaves one value per segment.
+#
+#   family "exp":     m (the shift, a maximum), s = sum(exp(x - m))
+#   family "moments": mean, var (biased), over `count` columns
+#   family "sum" / "max" / "min": one value (max and min propagate NaN)
+#
+# `apply` is the Triton expression of the result from {x} (normalisers only) and the
+# statistics; `shift` says how the exp family picks m from the maximum {max} (it
+# decides what infinities give, as in torch). Two-pass lowering (kgen.rows) stores,
+# for a normaliser, `partial` -- the value relative to its tile's statistics {m_t},
+# {mean_t}, which keeps it well conditioned in the output dtype -- and finishes with
+# `finish` from that stored {u}, the tile's statistics and the row's.
+
+
+class RowKind(enum.Enum):
+    NORMALIZE = "normalize"  # [.., W] -> [.., W]
+    REDUCE = "reduce"  # [.., W] -> one value per row
+    POOL = "pool"  # [.., W] -> [.., W // k]
+
+
+@dataclass(frozen=True)
+class RowOpDef:
+    name: str
+    kind: RowKind
+    doc: str
+    reference: Callable[..., torch.Tensor]  # torch: (x [M, W], size, eps, weight, bias)
+    family: str
+    apply: str
+    shift: str = ""
+    partial: str = ""
+    finish: str = ""
+    eps: bool = False  # takes eps=1e-5 (a scalar expression)
+    keepdim: bool = False  # takes keepdim=true|false
+    size: str = ""  # takes a positive integer literal: "groups" or "k"
+    affine: bool = False  # owns a weight and bias per column (groupnorm)
+    helpers: tuple[str, ...] = ()
+
+    @property
+    def reduces(self) -> bool:
+        return self.kind is RowKind.REDUCE
+
+    @property
+    def params(self) -> tuple[tuple[str, float | None], ...]:
+        """(name, default) of the arguments a spec may write, in order."""
+        params: list[tuple[str, float | None]] = []
+        if self.size:
+            params.append((self.size, None))
+        if self.eps:
+            params.append(("eps", 1e-5))
+        if self.keepdim:
+            params.append(("keepdim", 1.0))
+        return tuple(params)
+
+    def result(self, x: Instr, size: int) -> tuple[Kind, int]:
+        """(kind, pool) of the result on `x` (kind [M, N] or [M])."""
+        if self.kind is RowKind.REDUCE:
+            return Kind.ROW, 1
+        if self.kind is RowKind.POOL and x.kind is Kind.TILE:
+            return Kind.TILE, x.pool * size
+        return x.kind, x.pool
+
+    def check_args(self, args: Sequence[Instr], instr: Instr) -> bool:
+        x, rest = args[0], list(args[1:])
+        ok = not x.boolean and x.kind in (Kind.TILE, Kind.ROW)
+        if self.eps:
+            ok = ok and bool(rest) and rest.pop(0).kind is Kind.SCALAR
+        if self.affine:
+            ok = ok and len(rest) == 2 and all(a.op == "load" and a.pool == x.pool for a in rest)
+            rest = []
+        ok = ok and not rest and (instr.size > 0) == bool(self.size)
+        ok = ok and (self.size != "k" or x.kind is Kind.TILE or instr.size == 1)
+        return ok and (instr.kind, instr.pool) == self.result(x, instr.size) and not instr.boolean
+
+
+def _group_norm(
+    x: torch.Tensor, groups: int, eps: float, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """F.group_norm of [M, C] (biased variance), written out: torch refuses one value
+    per group with M = 1, which is well defined (the result is the bias)."""
+    M, C = x.shape
+    g = x.reshape(M, groups, C // groups)
+    mean = g.mean(dim=2, keepdim=True)
+    var = ((g - mean) ** 2).mean(dim=2, keepdim=True)
+    y = ((g - mean) / torch.sqrt(var + eps)).reshape(M, C)
+    return y * weight + bias
+
+
+def _pool(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def pool(x: torch.Tensor, k: int, *_: Any) -> torch.Tensor:
+        if x.shape[1] < k:
+            return x[:, :0]  # no whole window (torch raises; the remainder is dropped)
+        return function(x[:, None, :], k).squeeze(1)
+
+    return pool
+
+
+_ROW_OPS = [
+    RowOpDef(
         "softmax",
+        RowKind.NORMALIZE,
+        "exp(x) / sum(exp(x)) over the row",
+        lambda x, *_: torch.softmax(x, dim=1),
+        "exp",
+        "tl.exp({x} - {m}) / {s}",
+        shift="tl.where({max} == float('-inf'), 0.0, {max})",
+        partial="tl.exp({x} - {m_t})",
+        finish="{u} * (tl.exp({m_t} - {m}) / {s})",
+    ),
+    RowOpDef(
         "log_softmax",
+        RowKind.NORMALIZE,
+        "x - logsumexp(x) over the row",
+        lambda x, *_: torch.log_softmax(x, dim=1),
+        "exp",
+        "({x} - {m}) - tl.log({s})",
+        shift="tl.where({max} == float('-inf'), 0.0, {max})",
+        partial="{x} - {m_t}",
+        finish="{u} + (({m_t} - {m}) - tl.log({s}))",
+    ),
+    RowOpDef(
         "logsumexp",
+        RowKind.REDUCE,
+        "log(sum(exp(x))) over the row, without overflow",
+        lambda x, *_: torch.logsumexp(x, dim=1, keepdim=True),
+        "exp",
+        "{m} + tl.log({s})",
+        shift="tl.where(tl.abs({max}) == float('inf'), 0.0, {max})",
+        keepdim=True,
+    ),
+    RowOpDef(
         "row_sum",
+        RowKind.REDUCE,
+        "the sum of the row",
+        lambda x, *_: x.sum(dim=1, keepdim=True),
+        "sum",
+        "{sum}",
+        keepdim=True,
+    ),
+    RowOpDef(
         "row_mean",
+        RowKind.REDUCE,
+        "the mean of the row",
+        lambda x, *_: x.mean(dim=1, keepdim=True),
+        "sum",
+        "{sum} / {count}",
+        keepdim=True,
+    ),
+    RowOpDef(
         "row_max",
+        RowKind.REDUCE,
+        "the largest value of the row (NaN if any is NaN)",
+        lambda x, *_: x.amax(dim=1, keepdim=True),
+        "max",
+        "{max}",
+        keepdim=True,
+    ),
+    RowOpDef(
         "row_min",
+        RowKind.REDUCE,
+        "the smallest value of the row (NaN if any is NaN)",
+        lambda x, *_: x.amin(dim=1, keepdim=True),
+        "min",
+        "{min}",
+        keepdim=True,
+    ),
+    RowOpDef(
         "layernorm",
+        RowKind.NORMALIZE,
+        "(x - mean) / sqrt(var + eps) over the row, biased variance, no affine",
+        lambda x, _size, eps, *__: F.layer_norm(x, (x.shape[1],), eps=eps),
+        "moments",
+        "({x} - {mean}) * {rstd}",
+        partial="{x} - {mean_t}",
+        finish="({u} + ({mean_t} - {mean})) * {rstd}",
+        eps=True,
+    ),
+    RowOpDef(
         "groupnorm",
+        RowKind.NORMALIZE,
+        "layernorm over each of `groups` groups of columns, then * weight + bias per column",
+        lambda x, groups, eps, weight, bias: _group_norm(x, groups, eps, weight, bias),
+        "moments",
+        "({x} - {mean}) * {rstd} * {weight} + {bias}",
+        partial="{x} - {mean_t}",
+        finish="({u} + ({mean_t} - {mean})) * {rstd} * {weight} + {bias}",
+        eps=True,
+        size="groups",
+        affine=True,
+    ),
+    RowOpDef(
         "avgpool",
+        RowKind.POOL,
+        "the mean of each window of k columns (stride k; a remainder is dropped)",
+        _pool(F.avg_pool1d),
+        "sum",
+        "{sum} / {count}",
+        size="k",
+    ),
+    RowOpDef(
         "maxpool",
-    }
-)
+        RowKind.POOL,
+        "the largest value of each window of k columns (stride k; NaN if any is NaN)",
+        _pool(F.max_pool1d),
+        "max",
+        "{max}",
+        size="k",
+    ),
+]
+
+ROW_OPS: dict[str, RowOpDef] = {op.name: op for op in _ROW_OPS}
 
 
 def lookup(name: str) -> OpDef | None:

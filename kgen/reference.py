@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from kgen.ir import Gemm, Kernel, Kind, Role
-from kgen.ops import OPS, ArgType
+from kgen.ops import OPS, ROW_OPS, ArgType
 
 
 def _fp32(value: float) -> float:
@@ -78,6 +78,30 @@ def epilogue(
     skip: tuple[int, ...] = (),
     constants: dict[Any, torch.Tensor] | None = None,
 ) -> torch.Tensor:
+    values = trace(kernel, acc, operands, hook, skip, constants)
+    result = values[kernel.result]
+    dtype = acc.dtype
+    if not isinstance(result, torch.Tensor):
+        result = torch.tensor(result, dtype=dtype, device=acc.device)
+    shape = output_shape(kernel, *acc.shape)
+    if len(shape) == 1:
+        return result.to(dtype).reshape(-1).expand(shape).contiguous()
+    return result.to(dtype).expand(shape).contiguous()
+
+
+def trace(
+    kernel: Kernel,
+    acc: torch.Tensor,
+    operands: Mapping[str, Any],
+    hook: Hook | None = None,
+    skip: tuple[int, ...] = (),
+    constants: dict[Any, torch.Tensor] | None = None,
+    override: tuple[int, torch.Tensor] | None = None,
+    stop: int | None = None,
+) -> list[Any]:
+    """Every value of the epilogue (`epilogue` returns the stored one). `override`
+    replaces one instruction's value, and `hook` then sees only the values after it;
+    `stop` ends the evaluation at that instruction."""
     """The epilogue on the accumulator `acc` ([M, N]), in acc's dtype.
 
     `hook`, if given, sees (and may replace) every numeric value after the
@@ -91,14 +115,18 @@ def epilogue(
     dtype = acc.dtype
     values: list[Any] = []
     for instr in kernel.body:
-        if instr.op == "gemm":
-            value: Any = acc
+        if override is not None and instr.id == override[0]:
+            value: Any = override[1]
+        elif instr.op == "gemm":
+            value = acc
         elif instr.id in skip:
             value = values[instr.args[0]]
         elif instr.op == "const":
             value = _fp32(float(instr.attr))  # type: ignore[arg-type]
         elif instr.op in ("arg", "load"):
             value = _shaped(kernel, str(instr.attr), operands[str(instr.attr)], dtype)
+        elif instr.op in ROW_OPS:
+            value = _row_op(kernel, instr, values, acc)
         else:
             opdef = OPS[instr.op]
             args = []
@@ -118,13 +146,39 @@ def epilogue(
             value = opdef.reference(*args)
             if isinstance(value, torch.Tensor) and not instr.boolean:
                 value = value.to(dtype)
-        if hook is not None and instr.op != "gemm" and not instr.boolean:
+        after = override is None or instr.id > override[0]
+        if hook is not None and instr.op != "gemm" and not instr.boolean and after:
             value = hook(torch.as_tensor(value, dtype=dtype, device=acc.device))
         values.append(value)
-    result = values[kernel.result]
-    if not isinstance(result, torch.Tensor):
-        result = torch.tensor(result, dtype=dtype, device=acc.device)
-    return result.to(dtype).expand(acc.shape).contiguous()
+        if stop is not None and instr.id == stop:
+            break
+    return values
+
+
+def output_shape(kernel: Kernel, M: int, N: int) -> tuple[int, ...]:
+    """The shape of the stored result for an [M, N] GEMM."""
+    columns, pool = kernel.output_columns()
+    if columns == "N":
+        return (M, N // pool)
+    return (M, 1) if columns == "1" else (M,)
+
+
+def _row_op(kernel: Kernel, instr: Any, values: list[Any], acc: torch.Tensor) -> torch.Tensor:
+    """A row operation on a value held as [M, W] ([M, 1] for one value per row)."""
+    rowdef = ROW_OPS[instr.op]
+    x = values[instr.args[0]]
+    M = acc.shape[0]
+    x = x.expand(M, x.shape[1]) if x.dim() == 2 else x.reshape(M, -1)
+    rest = [values[a] for a in instr.args[1:]]
+    eps = 0.0
+    if rowdef.eps:
+        e = rest.pop(0)
+        eps = float(e.reshape(-1)[0]) if isinstance(e, torch.Tensor) else float(e)
+    weight = bias = None
+    if rowdef.affine:
+        weight, bias = (t.reshape(-1) for t in rest)
+    result = rowdef.reference(x, instr.size, eps, weight, bias)
+    return result.to(acc.dtype)
 
 
 def evaluate(

@@ -471,8 +471,9 @@ def _syntax_error(text: str, exc: lark.exceptions.UnexpectedInput) -> SpecError:
                 span,
                 f"unknown statement '{token}'",
                 did_you_mean(str(token).lower(), STATEMENT_WORDS)
-                or "a statement starts with " + ", ".join(STATEMENT_WORDS[:-1]) + " or epilogue; "
-                "ops are steps of the epilogue line, as in `epilogue: bias; relu`",
+                or "a statement starts with "
+                + ", ".join(STATEMENT_WORDS[:-1])
+                + " or epilogue; ops are steps of the epilogue line, as in `epilogue: bias; relu`",
             )
         expected = _expected(accepted)
         hint = None

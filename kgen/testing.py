@@ -46,8 +46,9 @@ from typing import Any
 
 import torch
 
-from kgen import reference
+from kgen import reference, rows
 from kgen.ir import Kernel
+from kgen.ops import RowKind
 
 # Unit roundoff of the GEMM, by what multiplies: 16-bit operands have exact products
 # in fp32, so only fp32 accumulation counts; fp32 operands add the rounding of their
@@ -193,13 +194,17 @@ def check(kernel: Kernel, out: torch.Tensor, *args: Any, **floats: Any) -> Misma
     """Compare `out` = kernel(*args, **floats) with the oracle (see the module doc)."""
     dtype = out.dtype
     case = _Case.of(kernel, args, floats, out.device.type)
-    if out.shape != case.acc.shape:
-        raise AssertionError(f"output shape {list(out.shape)}, expected {list(case.acc.shape)}")
+    shape = reference.output_shape(kernel, *case.acc.shape)
+    if tuple(out.shape) != shape:
+        raise AssertionError(f"output shape {list(out.shape)}, expected {list(shape)}")
     if out.numel() == 0:
         return None  # an empty result (M = 0 or N = 0) has nothing to be wrong
-    exact = _evaluations(kernel, case)
+    if kernel.row_ops:
+        exact, bound = _staged(kernel, case, dtype)
+    else:
+        exact, bound = _evaluations(kernel, case), _error_bound(kernel, case)
     rounded = exact.to(dtype).to(torch.float64)
-    got = out.detach().to(torch.float64).to(exact.device)
+    got = out.detach().to(torch.float64).to(exact.device).reshape(exact.shape[1:])
 
     finite = torch.isfinite(rounded)
     huge = torch.finfo(torch.float64).max
@@ -207,7 +212,6 @@ def check(kernel: Kernel, out: torch.Tensor, *args: Any, **floats: Any) -> Misma
     high = torch.where(finite, rounded, -huge).amax(0)
     any_finite = finite.any(0)
     scale = torch.where(any_finite, torch.maximum(low.abs(), high.abs()), 0.0)
-    bound = _error_bound(kernel, case)
     tolerance = OUTPUT_ATOL[dtype] + OUTPUT_RTOL[dtype] * scale + bound
 
     in_hull = (
@@ -266,3 +270,210 @@ def assert_close_to_pytorch(
             f"not allclose(atol={atol}, rtol={rtol}) to PyTorch: max |diff| "
             f"{err.max().item():.3g}, {int((~close).sum())} of {got.numel()} elements off"
         )
+
+
+# ---------------------------------------------------------------------------
+# Row operations: the bound in stages
+#
+# A row operation mixes a row's (or segment's) values, so a per-element derivative no
+# longer bounds how an error moves the result. With row operations the epilogue is
+# checked in stages: the elementwise steps up to each row operation exactly as above
+# (hull plus first-order terms, with the previous stage's value and radius in place of
+# acc and delta), then each row operation maps its input's centre and radius to its
+# output's: by intervals where it is monotone in each input (softmax, log_softmax,
+# logsumexp: exp(x - lse) grows with x and falls with every other input), by
+# Lipschitz constants for sums, means, maxima and minima, and for the norms by their
+# first-order bound s (|dx_j| + mean|dx| + |y_j| mean(|y| |dx|)), doubled for what a
+# first-order term misses. Each adds its own fp32 rounding (ROW_ULPS units plus
+# log2 of the segment width, for the sums), and, where the row operation runs in two
+# passes (kgen/rows.py), one rounding of the stored relative value in the output dtype.
+ROW_ULPS = 8.0
+
+
+def _segments(x: torch.Tensor, step: rows.RowStep) -> torch.Tensor:
+    """[M, S, g]: the segments a row operation reduces (a pool drops the remainder)."""
+    M, W = x.shape
+    size = step.instr.size
+    if step.whole or step.trivial:
+        return x.reshape(M, 1, W)
+    if step.rowdef.kind is RowKind.POOL:
+        return x[:, : (W // size) * size].reshape(M, W // size, size)
+    return x.reshape(M, size, W // size)
+
+
+def _row_radius(
+    step: rows.RowStep,
+    cx: torch.Tensor,
+    rx: torch.Tensor,
+    cy: torch.Tensor,
+    operands: list[Any],
+    out_dtype: torch.dtype,
+    two_pass: bool,
+) -> torch.Tensor:
+    """A bound on |kernel - exact| at a row operation's output, given its input's
+    exact value cx and radius rx ([M, W] or [M, 1]) and its exact output cy."""
+    name, family = step.rowdef.name, step.rowdef.family
+    u = 2.0**-24
+    if step.trivial:
+        if name in ("softmax", "log_softmax", "layernorm"):
+            return torch.zeros_like(cy)
+        return rx.expand_as(cy).clone()
+    M, W = cx.shape
+    x, r = _segments(cx, step), _segments(rx.expand_as(cx), step)
+    width = x.shape[2]
+    sums = math.log2(max(width, 2)) + ROW_ULPS
+    shape = cy.shape
+    if family == "exp":
+        lo_in, hi_in = x - r, x + r
+        lse_lo = torch.logsumexp(lo_in, dim=2, keepdim=True)
+        lse_hi = torch.logsumexp(hi_in, dim=2, keepdim=True)
+        m = x.amax(dim=2, keepdim=True)
+        lse = torch.logsumexp(x, dim=2, keepdim=True)
+        if name == "softmax":
+            lo, hi = torch.exp(lo_in - lse_hi), torch.exp(hi_in - lse_lo)
+            y = torch.exp(x - lse)
+            own = y * ((x - m).abs() + sums) * u
+            stored = OUTPUT_RTOL[out_dtype] * y if two_pass else 0.0
+        elif name == "log_softmax":
+            lo, hi = lo_in - lse_hi, hi_in - lse_lo
+            y = x - lse
+            own = ((x - m).abs() + y.abs() + sums) * u
+            stored = 2 * OUTPUT_RTOL[out_dtype] * y.abs() if two_pass else 0.0
+        else:
+            lo, hi, y = lse_lo, lse_hi, lse
+            own = (m.abs() + sums) * u
+            stored = 0.0
+        radius = torch.maximum(hi - y, y - lo) + own + stored
+    elif family == "moments":
+        mean = x.mean(dim=2, keepdim=True)
+        var = x.var(dim=2, unbiased=False, keepdim=True)
+        eps = (
+            float(operands[0])
+            if not isinstance(operands[0], torch.Tensor)
+            else float(operands[0].reshape(-1)[0])
+        )
+        s = 1.0 / torch.sqrt(var + eps)
+        y = (x - mean) * s
+        first = s * (
+            r + r.mean(dim=2, keepdim=True) + y.abs() * (y.abs() * r).mean(dim=2, keepdim=True)
+        )
+        own = (y.abs() + x.abs().amax(dim=2, keepdim=True) * s) * sums * u
+        stored = 0.0
+        if two_pass:
+            deviation = (x - mean).abs()
+            stored = OUTPUT_RTOL[out_dtype] * (deviation + deviation.amax(dim=2, keepdim=True)) * s
+        radius = 2 * first + own + stored
+        # the kernel's fp32 sum of squared deviations can overflow where float64's does not
+        overflow = ((x - mean) ** 2).sum(dim=2, keepdim=True) > _FP32_MAX / 4
+        radius = torch.where(overflow, math.inf, radius).reshape(M, W)
+        if step.rowdef.affine:
+            weight, bias = (t.reshape(1, -1) for t in operands[1:3])
+            radius = radius * weight.abs() + (cy.abs() + bias.abs()) * ROW_ULPS * u
+        return radius.reshape(shape)
+    elif family == "sum":
+        total = r.sum(dim=2, keepdim=True)
+        own = x.abs().sum(dim=2, keepdim=True) * sums * u
+        radius = total + own
+        if name != "row_sum":
+            radius = radius / width
+    else:
+        radius = r.amax(dim=2, keepdim=True)
+    return (
+        radius.reshape(shape)
+        if radius.numel() == cy.numel()
+        else radius.expand(M, -1, width).reshape(shape)
+    )
+
+
+class _Stage:
+    """The elementwise values from `start` (an instruction, with a given value) to
+    `result`, as functions of the start value."""
+
+    def __init__(self, kernel: Kernel, case: _Case, start: int, result: int) -> None:
+        self.kernel, self.case, self.start, self.result = kernel, case, start, result
+
+    def at(self, value: torch.Tensor, hook: Any = _fp32_range) -> torch.Tensor:
+        values = reference.trace(
+            self.kernel,
+            self.case.acc,
+            self.case.operands,
+            hook,
+            override=(self.start, value),
+            stop=self.result,
+        )
+        out = values[self.result]
+        if not isinstance(out, torch.Tensor):
+            out = torch.tensor(out, dtype=torch.float64, device=self.case.acc.device)
+        return out
+
+    def hull(
+        self, centre: torch.Tensor, radius: torch.Tensor, shape: tuple[int, ...]
+    ) -> torch.Tensor:
+        steps = [2 * i / (HULL_POINTS - 1) - 1 for i in range(HULL_POINTS)]
+        starts = [centre] + [centre + t * radius for t in steps]
+        return torch.stack([_fp32_range(self.at(s)).expand(shape) for s in starts])
+
+    def bound(
+        self, centre: torch.Tensor, radius: torch.Tensor, shape: tuple[int, ...]
+    ) -> torch.Tensor:
+        start = centre.detach().clone().requires_grad_(True)
+        terms: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def attach(value: torch.Tensor) -> torch.Tensor:
+            target = torch.broadcast_shapes(value.shape, shape)  # type: ignore[no-untyped-call]
+            error = torch.zeros(target, dtype=value.dtype, device=value.device, requires_grad=True)
+            terms.append((error, value.detach().expand(target)))
+            return value + error
+
+        with torch.enable_grad():
+            out = self.at(start, hook=attach)
+            if out.requires_grad:
+                out.sum().backward()  # type: ignore[no-untyped-call]
+        total = torch.zeros(shape, dtype=torch.float64, device=centre.device)
+        if start.grad is not None:
+            total = total + (start.grad.abs() * radius).nan_to_num(nan=0.0).expand(shape)
+        for error, value in terms:
+            if error.grad is not None and error.grad.shape == shape:
+                total = (
+                    total
+                    + (error.grad.abs() * value.abs()).nan_to_num(nan=0.0)
+                    * EPILOGUE_ULPS
+                    * 2.0**-24
+                )
+        return total
+
+
+def _staged(
+    kernel: Kernel, case: _Case, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(evaluations, first-order bound) of the last stage, as `_evaluations` and
+    `_error_bound` give them without row operations."""
+    M, N = case.acc.shape
+    split = rows.plan_function(kernel)(N, 64)[0] if N > 0 else -1
+    exact = reference.trace(kernel, case.acc, case.operands, _fp32_range)
+    start, centre, radius = 0, case.acc, case.delta
+    for step in rows.steps(kernel):
+        x_id = step.instr.args[0]
+        cx = _as2d(exact[x_id], M)
+        stage = _Stage(kernel, case, start, x_id)
+        points = stage.hull(centre, radius, tuple(cx.shape))
+        finite = torch.isfinite(points).all(0)
+        spread = torch.maximum(points.amax(0) - cx, cx - points.amin(0))
+        rx = spread + stage.bound(centre, radius, tuple(cx.shape))
+        rx = torch.where(torch.isfinite(cx), torch.where(finite, rx, math.inf), 0.0)
+        cy = _as2d(exact[step.instr.id], M)
+        operands = [exact[a] for a in step.instr.args[1:]]
+        two_pass = step.index == split
+        ry = _row_radius(step, cx, rx, cy, operands, out_dtype, two_pass)
+        start, centre, radius = step.instr.id, cy, torch.where(torch.isfinite(cy), ry, 0.0)
+    columns = reference.output_shape(kernel, M, N)
+    shape = (M, columns[1]) if len(columns) == 2 else (M, 1)
+    stage = _Stage(kernel, case, start, kernel.result)
+    return stage.hull(centre, radius, shape), stage.bound(centre, radius, shape)
+
+
+def _as2d(value: Any, M: int) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if t.dim() < 2:
+        t = t.reshape(1, 1)
+    return t.expand(M, t.shape[1]) if t.shape[0] == 1 else t

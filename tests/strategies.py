@@ -103,10 +103,35 @@ def configs(draw: st.DrawFn, M: int, N: int, K: int, device: str) -> tuple[int, 
     return (bm, bn, bk, group_m, warps, stages, draw(st.sampled_from(LOOPS)))
 
 
+def column_multiple(kernel: Kernel) -> int:
+    """What N must be a multiple of: groupnorm splits its columns into equal groups."""
+    multiple = 1
+    for instr in kernel.row_ops:
+        if instr.op == "groupnorm":
+            multiple = math.lcm(multiple, instr.size * instr.pool)
+    return multiple
+
+
+def column_minimum(kernel: Kernel) -> int:
+    """The least N a reduction after pools needs (one column must be left)."""
+    minimum = 1
+    for instr in kernel.row_ops:
+        x = kernel.value(instr.args[0])
+        if ops.ROW_OPS[instr.op].reduces and x.kind is Kind.TILE:
+            minimum = max(minimum, x.pool)
+    return minimum
+
+
 @st.composite
-def problems(draw: st.DrawFn, device: str, dtypes: list[torch.dtype] = DTYPES) -> Problem:
+def problems(
+    draw: st.DrawFn, device: str, dtypes: list[torch.dtype] = DTYPES, kernel: Kernel | None = None
+) -> Problem:
     limit = GPU_MAX_SIZE if device == "cuda" else CPU_MAX_SIZE
     M, N, K = draw(sizes(limit)), draw(sizes(limit)), draw(sizes(limit))
+    if kernel is not None and column_multiple(kernel) > 1:
+        N = column_multiple(kernel) * draw(st.integers(1, 2))
+    if kernel is not None:
+        N = max(N, column_minimum(kernel))
     dtype = draw(st.sampled_from(dtypes))
     config = draw(st.none() | configs(M, N, K, device))
     if config is None and device == "cpu":
@@ -173,7 +198,8 @@ def call_args(draw: st.DrawFn, kernel: Kernel, p: Problem) -> tuple[list[Any], d
         args.append(draw(tensors((p.N,), p.dtype, p.device)))
     for t in kernel.tensors:
         dtype = draw(st.sampled_from(DTYPES))
-        args.append(draw(tensors(shapes[t.kind], dtype, p.device)))
+        shape = shapes[t.kind] if t.pool == 1 else (p.N // t.pool,)
+        args.append(draw(tensors(shape, dtype, p.device)))
     floats: dict[str, float] = {}
     for f in kernel.floats:
         default = f.default if isinstance(f.default, float) else None

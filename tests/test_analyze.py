@@ -787,37 +787,13 @@ SEMANTIC_ERRORS = [
         "'f' has no argument 'j'",
         id="def-unknown-keyword",
     ),
-    # -- row operations (v2), rejected where they are written
-    pytest.param(
-        "epilogue: bias; softmax",
-        NotSupportedError,
-        1,
-        17,
-        "row operation 'softmax' is not supported yet",
-        id="softmax",
-    ),
-    pytest.param(
-        "epilogue: bias; relu; groupnorm(4, eps=1e-5)",
-        NotSupportedError,
-        1,
-        23,
-        "row operation 'groupnorm' is not supported yet",
-        id="groupnorm",
-    ),
-    pytest.param(
-        "epilogue: bias; row_max(keepdim=false)",
-        NotSupportedError,
-        1,
-        17,
-        "row operation 'row_max' is not supported yet",
-        id="row_max-keepdim",
-    ),
+    # -- row operations: steps only, one segment at a time, columns that fit
     pytest.param(
         "epilogue: bias; acc = 2 * layernorm(acc)",
         NotSupportedError,
         1,
         27,
-        "row operation 'layernorm' is not supported yet",
+        "row operation 'layernorm' is a step of the epilogue, not a function",
         id="layernorm-in-expression",
     ),
     pytest.param(
@@ -825,8 +801,104 @@ SEMANTIC_ERRORS = [
         NotSupportedError,
         1,
         17,
-        "row operation 'logsumexp' is not supported yet",
+        "row operation 'logsumexp' is a step of the epilogue, not a function",
         id="row-op-in-unused-def",
+    ),
+    pytest.param(
+        "epilogue: bias; z = acc; softmax; acc = acc + z",
+        NotSupportedError,
+        1,
+        41,
+        "from before the row operation 'softmax'",
+        id="value-from-before-a-row-op",
+    ),
+    pytest.param(
+        "epilogue: bias; maxpool(2); bias",
+        KindError,
+        1,
+        29,
+        "different numbers of columns: N and N/2",
+        id="vector-after-pool",
+    ),
+    pytest.param(
+        "input r: [M, N]\nepilogue: logsumexp; acc = acc + r",
+        KindError,
+        2,
+        28,
+        "one column per row",
+        id="matrix-after-reduction",
+    ),
+    pytest.param(
+        "epilogue: bias; groupnorm(2.5)",
+        ArgumentError,
+        1,
+        27,
+        "groupnorm's 'groups' must be a whole number",
+        id="groupnorm-fraction",
+    ),
+    pytest.param(
+        "epilogue: bias; groupnorm(g)",
+        ArgumentError,
+        1,
+        27,
+        "groupnorm's 'groups' must be a whole number",
+        id="groupnorm-name",
+    ),
+    pytest.param(
+        "epilogue: bias; avgpool(0)",
+        ArgumentError,
+        1,
+        25,
+        "avgpool's 'k' must be a whole number from 1",
+        id="avgpool-zero",
+    ),
+    pytest.param(
+        "epilogue: bias; row_sum(keepdim=no)",
+        ArgumentError,
+        1,
+        33,
+        "row_sum's 'keepdim' must be true or false",
+        id="keepdim-not-boolean",
+    ),
+    pytest.param(
+        "epilogue: bias; softmax(2)",
+        ArgumentError,
+        1,
+        25,
+        "'softmax' takes no arguments",
+        id="softmax-argument",
+    ),
+    pytest.param(
+        "epilogue: row_mean; maxpool(2)",
+        KindError,
+        1,
+        21,
+        "maxpool(2) of one column per row leaves no column",
+        id="pool-after-reduction",
+    ),
+    pytest.param(
+        "epilogue: row_mean; groupnorm(1)",
+        NotSupportedError,
+        1,
+        21,
+        "'groupnorm' of the one value per row",
+        id="groupnorm-after-reduction",
+    ),
+    pytest.param(
+        "param b: vector[N] = ones\nepilogue: acc = b; softmax",
+        KindError,
+        2,
+        20,
+        "works on the rows of an [M, N] value; acc here is a [N] value",
+        id="softmax-of-a-vector",
+    ),
+    pytest.param(
+        "epilogue: bias; layernorm(eps=acc)",
+        KindError,
+        1,
+        31,
+        "layernorm's argument 'eps' must be a scalar",
+        id="eps-not-scalar",
     ),
     # -- the constructor
     pytest.param(
@@ -990,12 +1062,12 @@ def test_semantic_error(
 
 
 @pytest.mark.parametrize("op", sorted(ops.ROW_OPS))
-def test_every_row_operation_is_not_supported_yet(op: str) -> None:
-    err = error(f"name: k\nepilogue: bias; relu; {op}")
+def test_every_row_operation_is_a_step_not_a_function(op: str) -> None:
+    err = error(f"name: k\nepilogue: bias; acc = relu({op}(acc))")
     assert type(err) is NotSupportedError
-    assert (err.span.line, err.span.column) == (2, 23)
-    assert err.span.end_column == 23 + len(op)
-    assert f"'{op}'" in err.message
+    assert (err.span.line, err.span.column) == (2, 28)
+    assert err.span.end_column == 28 + len(op)
+    assert f"'{op}' is a step" in err.message
 
 
 # The generated module calls these builtins itself (isinstance and tuple in _check_tensor,
@@ -1329,7 +1401,7 @@ def test_def_is_inlined_with_default_and_given_arguments() -> None:
 
 def test_def_called_as_a_function_and_from_another_def() -> None:
     k = kernel(
-        "def f(k) = acc * k\ndef g() = f(acc, 3) + 1\n" "epilogue: bias; g; acc = f(relu(acc), k=4)"
+        "def f(k) = acc * k\ndef g() = f(acc, 3) + 1\nepilogue: bias; g; acc = f(relu(acc), k=4)"
     )
     assert op_names(k) == [
         "gemm",

@@ -25,7 +25,7 @@ SPEC_NAMES = [p.stem for p in SPECS]
 def test_spec_matches_reference(name: str, device: str, data: st.DataObject) -> None:
     compiled, module = committed(name)
     kernel = compiled.kernel
-    problem = data.draw(problems(device), label="problem")
+    problem = data.draw(problems(device, kernel=kernel), label="problem")
     args, floats = data.draw(call_args(kernel, problem), label="arguments")
     note(f"strides: {[tuple(a.stride()) for a in args]}")
     out = run(module, kernel, problem.config, args, floats)

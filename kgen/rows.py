@@ -1,0 +1,738 @@
+"""Lowering of row operations (LANGUAGE.md, "Row operations"): softmax, norms,
+reductions and pools, fused into the GEMM kernel's epilogue.
+
+A row operation needs a *segment* of its value's columns: the whole row (softmax,
+layernorm, logsumexp, row_*), a group (groupnorm) or a window (avgpool, maxpool).
+Which strategy runs is decided per launch from N by the module's `_row_plan`
+(generated from `_PLAN` below), since N is known only then:
+
+1. **In-tile.** Each program's tile holds `tile_n` consecutive GEMM columns, a
+   multiple of every segment's width (for a whole-row op, one tile spans the row),
+   in a register tile of BLOCK_N = next_pow2(tile_n) columns, at most ROW_BLOCK_MAX.
+   Segment statistics are reductions in registers: along the row, or per segment
+   (a reshape when the width is a power of two, gathers otherwise: `_seg_reduce`)
+   and broadcast back (`_seg_bcast`). After a pool the tile has fewer columns (a
+   *level*). Stores: the output, once, as without row operations.
+
+2. **Two-pass**, when a segment is wider than a tile (softmax over N = 8192): the
+   first such op, SPLIT, must be a whole-row op or a groupnorm, followed only by
+   elementwise steps (and row ops on the one value per row a reduction leaves).
+   Tiles never straddle a segment (`seg_n` GEMM columns each, `seg_tiles` tiles of
+   `tile_n`). The GEMM kernel computes everything before SPLIT in-tile, then
+   - stores its tile's partial statistics of SPLIT's input to `stats`, a
+     [NSTATS, M, tiles] fp32 buffer (1-3 floats per row and tile: the only memory
+     besides the output), and
+   - for a normaliser, stores the input *relative to the tile's statistics* into the
+     output (softmax: exp(x - tile max), in [0, 1]; log_softmax: x - tile max;
+     norms: x - tile mean), which keeps it well conditioned in the output dtype.
+   The finishing kernel `<name>_finish` combines a row's (or group's) statistics
+   (online max/sum-exp; Chan's parallel mean/variance), re-reads the stored values,
+   normalises them, runs the rest of the epilogue and stores the result over them:
+   the output is written twice and read once. Recomputing the GEMM instead would
+   double its work, so the re-read is the cheaper pass at every size.
+
+The generated code names every temporary through the emitter's namer, and the
+reductions, gathers and stores here are the only ones row operations add.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kgen.ir import Instr, Kernel, Kind, Operand, Role
+from kgen.ops import OPS, ROW_OPS, RowKind, RowOpDef
+
+# The widest register tile (columns) a row operation may use: 64 x 256 fp32 values
+# are 64 registers a thread at 8 warps.
+ROW_BLOCK_MAX = 256
+# Rows of a finishing-kernel program, and tiles (chunks of a row) it finishes.
+FINISH_BLOCK_M = 32
+FINISH_CHUNKS = 8
+
+_FLT_MAX = "3.4028234663852886e38"
+_NSTATS = {"exp": 2, "moments": 3, "sum": 1, "max": 1, "min": 1}
+
+
+@dataclass(frozen=True)
+class RowStep:
+    """A row operation as the plan and the lowering see it."""
+
+    index: int  # its number among the kernel's row ops: SPLIT == index cuts there
+    instr: Instr
+    rowdef: RowOpDef
+    pool: int  # GEMM columns per column of its input
+    trivial: bool  # its input is one value per row: it is elementwise
+    whole: bool  # its segment is the whole row
+    can_split: bool  # may run in two passes: not a pool, only trivial row ops after it
+
+
+def steps(kernel: Kernel) -> list[RowStep]:
+    result = []
+    row_ops = kernel.row_ops
+    trivial = [kernel.value(i.args[0]).kind is not Kind.TILE for i in row_ops]
+    for index, instr in enumerate(row_ops):
+        rowdef = ROW_OPS[instr.op]
+        x = kernel.value(instr.args[0])
+        whole = not rowdef.size
+        can_split = (
+            not trivial[index] and rowdef.kind is not RowKind.POOL and all(trivial[index + 1 :])
+        )
+        result.append(RowStep(index, instr, rowdef, x.pool, trivial[index], whole, can_split))
+    return result
+
+
+# ---------------------------------------------------------------------------
+# The plan (Python, generated into the module: it runs at every new N)
+
+_PLAN = '''
+def _row_plan(N, block_n):
+    """How the row operations run for N output columns (kgen/rows.py): (split,
+    tile_n, seg_n, seg_tiles, num_segs, BLOCK_N, per-op SEG/NSEG and per-level BN
+    constexprs, BLOCK_T for the finishing kernel)."""
+    plan = _PLANS.get((N, block_n))
+    if plan is not None:
+        return plan
+    lcm, whole, split = 1, False, -1
+    for i, (name, kind, size, pool, trivial, whole_i, can_split) in enumerate(_ROWS):
+        if trivial or split >= 0:
+            continue
+        width = N // pool
+        if kind == "reduce" and width == 0:
+            raise ValueError(f"{_NAME}: {name} needs at least one column, the row has none")
+        if kind == "groupnorm" and width % size:
+            raise ValueError(
+                f"{_NAME}: groupnorm({size}) needs its {width} columns to split into "
+                f"{size} equal groups"
+            )
+        span = None if whole_i else pool * (size if kind == "pool" else width // size)
+        new_lcm = lcm if span is None else math.lcm(lcm, span)
+        new_whole = whole or whole_i
+        need = -(-N // new_lcm) * new_lcm if new_whole else new_lcm
+        if need <= ROW_BLOCK_MAX:
+            lcm, whole = new_lcm, new_whole
+        elif not can_split:
+            raise ValueError(
+                f"{_NAME}: with N = {N}, {name} needs {need} columns in one tile, more "
+                f"than {ROW_BLOCK_MAX}; only a softmax, norm or reduction followed by "
+                "elementwise steps can run in two passes (LANGUAGE.md, Row operations)"
+            )
+        else:
+            split = i
+            seg = pool * (width if whole_i else width // size)
+            if seg % lcm:
+                raise ValueError(
+                    f"{_NAME}: with N = {N}, the groups of {name} do not line up with "
+                    "the row operations before it"
+                )
+    if whole:
+        tile_n = -(-N // lcm) * lcm
+    else:
+        tile_n = lcm * max(1, block_n // lcm)
+    if split >= 0:
+        _, kind, size, pool, _, whole_s, _ = _ROWS[split]
+        width = N // pool
+        seg_n = pool * width if whole_s else pool * (width // size)
+        num_segs = 1 if whole_s else size
+    else:
+        seg_n, num_segs = N, 1
+    seg_tiles = -(-seg_n // tile_n)
+    block = triton.next_power_of_2(tile_n)
+    consts, bn = {}, block
+    for i, (name, kind, size, pool, trivial, whole_i, _) in enumerate(_ROWS):
+        s = ns = 1
+        if not trivial and not whole_i and (split < 0 or i < split):
+            width = N // pool
+            s = size if kind == "pool" else width // size
+            ns = bn // s if s & (s - 1) == 0 else triton.next_power_of_2(-(-bn // s))
+            if kind == "pool":
+                bn = ns
+        consts[f"SEG_{i}"] = s
+        consts[f"NSEG_{i}"] = ns
+        if kind == "pool":
+            consts[f"BN_{i}"] = bn
+    plan = (split, tile_n, seg_n, seg_tiles, num_segs, block, consts, triton.next_power_of_2(seg_tiles))
+    if len(_PLANS) > 4096:
+        _PLANS.clear()
+    _PLANS[(N, block_n)] = plan
+    return plan
+'''
+
+
+def plan_function(kernel: Kernel) -> Any:
+    """The module's `_row_plan(N, block_n)` for this kernel, as a Python function (the
+    oracle asks it which row operation, if any, runs in two passes)."""
+    import triton
+
+    namespace: dict[str, Any] = {"math": math, "triton": triton}
+    exec(plan_source(kernel), namespace)  # the same source the module runs
+    return namespace["_row_plan"]
+
+
+def plan_source(kernel: Kernel) -> str:
+    rows = []
+    for step in steps(kernel):
+        kind = step.instr.op if step.instr.op == "groupnorm" else step.rowdef.kind.value
+        rows.append(
+            f"    ({step.instr.op!r}, {kind!r}, {step.instr.size}, {step.pool}, "
+            f"{step.trivial}, {step.whole}, {step.can_split}),"
+        )
+    return "\n".join(
+        [
+            f"_NAME = {kernel.name!r}",
+            f"ROW_BLOCK_MAX = {ROW_BLOCK_MAX}",
+            "# (op, kind, groups or window, its input's GEMM columns per column, one value",
+            "# per row?, whole row?, may run in two passes?) of each row operation, in order",
+            "_ROWS = (",
+            *rows,
+            ")",
+            "_PLANS = {}",
+            _PLAN.strip("\n"),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------
+# Triton helpers for segments of columns
+
+SEGMENT_HELPERS = """
+@triton.jit
+def _seg_reduce(v, S: tl.constexpr, NS: tl.constexpr, OP: tl.constexpr):
+    # [BM, BN] -> [BM, NS]: OP ("sum", "max" or "min") over each run of S columns
+    BM: tl.constexpr = v.shape[0]
+    BN: tl.constexpr = v.shape[1]
+    if (S & (S - 1)) == 0:
+        # a power of two: the runs are a reshape
+        t = tl.reshape(v, [BM, BN // S, S])
+        if OP == "sum":
+            r = tl.sum(t, axis=2)
+        elif OP == "max":
+            r = tl.max(t, axis=2)
+        else:
+            r = tl.min(t, axis=2)
+    else:
+        # else S gathers, one column of every run each (runs past BN are padding)
+        first = tl.arange(0, NS) * S
+        zeros = tl.zeros([BM, NS], dtype=tl.int32)
+        r = tl.gather(v, tl.minimum(first, BN - 1)[None, :] + zeros, 1)
+        for i in tl.static_range(1, S):
+            g = tl.gather(v, tl.minimum(first + i, BN - 1)[None, :] + zeros, 1)
+            if OP == "sum":
+                r = r + g
+            elif OP == "max":
+                r = tl.maximum(r, g)
+            else:
+                r = tl.minimum(r, g)
+    return r
+
+
+@triton.jit
+def _seg_bcast(stat, S: tl.constexpr, BN: tl.constexpr):
+    # [BM, NS] -> [BM, BN]: each run of S columns gets its segment's value
+    BM: tl.constexpr = stat.shape[0]
+    NS: tl.constexpr = stat.shape[1]
+    if (S & (S - 1)) == 0:
+        r = tl.reshape(tl.broadcast_to(stat[:, :, None], [BM, NS, S]), [BM, BN])
+    else:
+        index = tl.minimum(tl.arange(0, BN) // S, NS - 1)
+        r = tl.gather(stat, index[None, :] + tl.zeros([BM, BN], dtype=tl.int32), 1)
+    return r
+"""
+
+
+# ---------------------------------------------------------------------------
+# Emitting epilogue code
+
+
+@dataclass
+class Level:
+    """Columns of one level (a pool factor) in the code: names of the local column
+    index, the global column index, the valid-column mask and the register width."""
+
+    cols: str
+    gcol: str
+    ok: str
+    width: str
+
+
+class Writer:
+    """Lines of epilogue code at an indentation, with the emitter's names."""
+
+    def __init__(self, kernel: Kernel, namer: object, names: dict[int, str], indent: int):
+        from kgen import emit
+
+        self.kernel = kernel
+        self.namer = namer
+        self.names = names
+        self.indent = indent
+        self.lines: list[str] = []
+        self.levels: dict[int, Level] = {}
+        self.last_line = 0
+        self._emit = emit
+
+    def fresh(self, hint: str) -> str:
+        return str(self.namer.fresh(hint, 0))  # type: ignore[attr-defined]
+
+    def line(self, text: str) -> None:
+        self.lines.append(" " * self.indent + text)
+
+    def provenance(self, instr: Instr) -> None:
+        lines = self.kernel.source.split("\n")
+        if instr.span.line != self.last_line and 1 <= instr.span.line <= len(lines):
+            self.last_line = instr.span.line
+            where = f"{self.kernel.filename}:{self.last_line}"
+            text = self._emit._comment(lines[self.last_line - 1].strip())
+            self.line(f"# src[{where}]: {text}")
+
+    def load(self, operand: Operand) -> str:
+        ptr = f"{operand.name}_ptr"
+        if operand.kind is Kind.SCALAR:
+            return f"tl.load({ptr}).to(tl.float32)"
+        if operand.kind is Kind.ROW:
+            return (
+                f"tl.load({ptr} + offs_m * stride_{operand.name}_m, mask=mask_m, other=0.0)"
+                ".to(tl.float32)[:, None]"
+            )
+        level = self.levels[operand.pool]
+        if operand.kind is Kind.COL:
+            return (
+                f"tl.load({ptr} + {level.gcol} * stride_{operand.name}_n, mask={level.ok}, "
+                "other=0.0).to(tl.float32)[None, :]"
+            )
+        return (
+            f"tl.load({ptr} + (offs_m[:, None] * stride_{operand.name}_m"
+            f" + {level.gcol}[None, :] * stride_{operand.name}_n), "
+            f"mask=mask_m[:, None] & {level.ok}[None, :], other=0.0).to(tl.float32)"
+        )
+
+    def value(self, instr: Instr) -> None:
+        """An elementwise IR value (const, arg, load or registry op)."""
+        if instr.op == "const":
+            self.names[instr.id] = self._emit._literal(float(instr.attr))  # type: ignore[arg-type]
+            return
+        self.provenance(instr)
+        name = self.namer.fresh(instr.hint, instr.id)  # type: ignore[attr-defined]
+        if instr.op == "load":
+            expr = self.load(self.kernel.operand(str(instr.attr)))
+        elif instr.op == "arg":
+            expr = f"tl.full([], {instr.attr}, tl.float32)"
+        else:
+            args = [self.names[a] for a in instr.args]
+            opdef = OPS[instr.op]
+            if self.kernel.value(instr.args[0]).op == "const" and (
+                opdef.helpers or "tl." in opdef.triton
+            ):
+                args[0] = f"tl.full([], {args[0]}, tl.float32)"
+            expr = opdef.lower(args)
+        self.names[instr.id] = name
+        self.line(f"{name} = {expr}")
+
+    def assign(self, hint: str, expr: str) -> str:
+        name = self.fresh(hint)
+        self.line(f"{name} = {expr}")
+        return name
+
+    # -- a row op in registers ----------------------------------------------
+
+    def row_in_tile(self, step: RowStep) -> None:
+        instr, rowdef = step.instr, step.rowdef
+        self.provenance(instr)
+        v = self.names[instr.args[0]]
+        if step.trivial:
+            self.names[instr.id] = self.assign(instr.op, _trivial(rowdef, v))
+            return
+        level = self.levels[step.pool]
+        i = step.index
+        ok = f"{level.ok}[None, :]"
+        if step.whole:
+
+            def red(expr: str, op: str) -> str:
+                return f"tl.{op}({expr}, axis=1)[:, None]"
+
+            def bc(stat: str) -> str:
+                return stat
+
+            count = f"(N // {step.pool})"
+        else:
+
+            def red(expr: str, op: str) -> str:
+                return f'_seg_reduce({expr}, SEG_{i}, NSEG_{i}, "{op}")'
+
+            def bc(stat: str) -> str:
+                return f"_seg_bcast({stat}, SEG_{i}, {level.width})"
+
+            count = f"SEG_{i}"
+        stats = self._statistics(rowdef, v, ok, red, bc, count, instr)
+        if rowdef.kind is RowKind.NORMALIZE:
+            fields = {k: bc(s) for k, s in stats.items()}
+            fields.update(self._affine(instr))
+            expr = rowdef.apply.format(x=v, **fields)
+        else:
+            expr = rowdef.apply.format(**stats)
+        self.names[instr.id] = self.assign(instr.op, expr)
+
+    def _affine(self, instr: Instr) -> dict[str, str]:
+        if not ROW_OPS[instr.op].affine:
+            return {}
+        return {"weight": self.names[instr.args[2]], "bias": self.names[instr.args[3]]}
+
+    def _statistics(self, rowdef, v, ok, red, bc, count, instr) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        family = rowdef.family
+        if family == "exp":
+            mx = self.assign("row_max", red(f"tl.where({ok}, {v}, float('-inf'))", "max"))
+            m = self.assign("shift", rowdef.shift.format(max=mx))
+            e = f"tl.where({ok}, tl.exp({v} - {bc(m)}), 0.0)"
+            s = self.assign("sum_exp", red(e, "sum"))
+            return {"m": m, "s": s}
+        if family == "moments":
+            eps = self.names[instr.args[1]]
+            mean = self.assign("mean", f"{red(f'tl.where({ok}, {v}, 0.0)', 'sum')} / {count}")
+            d = self.assign("centred", f"tl.where({ok}, {v} - {bc(mean)}, 0.0)")
+            var = self.assign("var", f"{red(f'{d} * {d}', 'sum')} / {count}")
+            rstd = self.assign("rstd", f"1.0 / tl.sqrt_rn({var} + {eps})")
+            return {"mean": mean, "rstd": rstd}
+        if family == "sum":
+            s = self.assign("row_sum", red(f"tl.where({ok}, {v}, 0.0)", "sum"))
+            return {"sum": s, "count": count}
+        identity = "float('-inf')" if family == "max" else "float('inf')"
+        extreme = self.assign(f"row_{family}", red(f"tl.where({ok}, {v}, {identity})", family))
+        nans = red(f"tl.where({ok} & ({v} != {v}), 1.0, 0.0)", "sum")
+        return {
+            family: self.assign(f"row_{family}", f"tl.where({nans} > 0, float('nan'), {extreme})")
+        }
+
+    # -- the two-pass cut: partial statistics and the relative value --------
+
+    def row_partial(self, step: RowStep, stats_t: str) -> None:
+        """Store this tile's statistics of SPLIT's input (and, for a normaliser, the
+        input relative to them, into the output)."""
+        instr, rowdef = step.instr, step.rowdef
+        self.provenance(instr)
+        v = self.names[instr.args[0]]
+        level = self.levels[step.pool]
+        ok = f"{level.ok}[None, :]"
+        family = rowdef.family
+        parts: list[str]
+        fields: dict[str, str] = {}
+        if family == "exp":
+            mx = self.assign("tile_max", f"tl.max(tl.where({ok}, {v}, float('-inf')), axis=1)")
+            m = self.assign("tile_shift", _partial_shift(rowdef, mx))
+            s = self.assign(
+                "tile_sum_exp",
+                f"tl.sum(tl.where({ok}, tl.exp({v} - {m}[:, None]), 0.0), axis=1)",
+            )
+            parts, fields = [m, s], {"m_t": f"{m}[:, None]"}
+        elif family == "moments":
+            count = self.assign("tile_count", f"tl.sum(tl.where({level.ok}, 1.0, 0.0), axis=0)")
+            mean = self.assign(
+                "tile_mean",
+                f"tl.sum(tl.where({ok}, {v}, 0.0), axis=1) / tl.maximum({count}, 1.0)",
+            )
+            d = self.assign("tile_centred", f"tl.where({ok}, {v} - {mean}[:, None], 0.0)")
+            m2 = self.assign("tile_m2", f"tl.sum({d} * {d}, axis=1)")
+            parts = [f"{count} + tl.zeros([BLOCK_M], dtype=tl.float32)", mean, m2]
+            fields = {"mean_t": f"{mean}[:, None]"}
+        elif family == "sum":
+            parts = [f"tl.sum(tl.where({ok}, {v}, 0.0), axis=1)"]
+        else:
+            identity = "float('-inf')" if family == "max" else "float('inf')"
+            extreme = f"tl.{family}(tl.where({ok}, {v}, {identity}), axis=1)"
+            nans = f"tl.sum(tl.where({ok} & ({v} != {v}), 1.0, 0.0), axis=1)"
+            parts = [f"tl.where({nans} > 0, float('nan'), {extreme})"]
+        names = [self.assign(f"tile_stat{j}", part) for j, part in enumerate(parts)]
+        # one store of the statistics (a loop over them: the kernel's second output)
+        j_name, stat = self.fresh("stat_j"), self.fresh("stat")
+        self.line(f"for {j_name} in tl.static_range({len(names)}):")
+        for j, name in enumerate(names):
+            keyword = "if" if j == 0 else ("elif" if j < len(names) - 1 else "else")
+            test = f" {j_name} == {j}" if keyword != "else" else ""
+            self.line(f"    {keyword}{test}:")
+            self.line(f"        {stat} = {name}")
+        self.line(f"    tl.store({stats_t} + {j_name} * M * num_tiles_n, {stat}, mask=mask_m)")
+        if rowdef.kind is RowKind.NORMALIZE:
+            u = rowdef.partial.format(x=v, **fields)
+            self.line(
+                f"tl.store(out_ptr + (offs_m[:, None] * stride_om + {level.gcol}[None, :] "
+                f"* stride_on), ({u}).to(out_ptr.dtype.element_ty), "
+                f"mask=mask_m[:, None] & {ok})"
+            )
+
+
+def _partial_shift(rowdef: RowOpDef, mx: str) -> str:
+    # An all -inf tile shifts by -FLT_MAX (exp gives 0, and exp(shift - row shift)
+    # stays finite); logsumexp shifts a +inf tile by 0, as torch does for a row.
+    if rowdef.name == "logsumexp":
+        return rowdef.shift.format(max=mx)
+    return f"tl.where({mx} == float('-inf'), -{_FLT_MAX}, {mx})"
+
+
+def _trivial(rowdef: RowOpDef, v: str) -> str:
+    """A row operation on one value per row: softmax is 1 (NaN for Inf/NaN), log_softmax
+    and layernorm 0 (or NaN), the rest the value itself."""
+    if rowdef.name == "softmax":
+        return f"({v} - {v}) + 1.0"
+    if rowdef.name in ("log_softmax", "layernorm"):
+        return f"{v} - {v}"
+    return v
+
+
+def shift_source() -> str:
+    return _FLT_MAX
+
+
+# ---------------------------------------------------------------------------
+# The GEMM kernel's epilogue
+
+
+def level_preamble(writer: Writer, kernel: Kernel, row_steps: list[RowStep]) -> None:
+    """Name each level's columns: level 1 is the GEMM's (offs_n, mask_n)."""
+    writer.levels[1] = Level("local_n", "offs_n", "mask_n", "BLOCK_N")
+    for step in row_steps:
+        if step.rowdef.kind is not RowKind.POOL or step.trivial:
+            continue
+        pool = step.pool * step.instr.size
+        if pool in writer.levels:
+            continue
+        width = f"BN_{step.index}"
+        cols = writer.assign(f"cols_{pool}", f"tl.arange(0, {width})")
+        gcol = writer.assign(f"gcol_{pool}", f"n0 // {pool} + {cols}")
+        ok = writer.assign(
+            f"ok_{pool}",
+            f"({cols} < tile_n // {pool}) & ((chunk * tile_n) // {pool} + {cols} < seg_n // {pool})"
+            f" & ({gcol} < N // {pool})",
+        )
+        writer.levels[pool] = Level(cols, gcol, ok, width)
+
+
+def gemm_epilogue(writer: Writer, kernel: Kernel) -> None:
+    """The GEMM kernel's epilogue: in-tile throughout, or up to SPLIT."""
+    row_steps = steps(kernel)
+    by_id = {s.instr.id: s for s in row_steps}
+    level_preamble(writer, kernel, row_steps)
+    stats_t = writer.assign("stat_t", "stats_ptr + offs_m * num_tiles_n + pid_n")
+    _gemm_rest(writer, kernel, by_id, 1, stats_t)
+
+
+def _gemm_rest(
+    writer: Writer, kernel: Kernel, by_id: dict[int, RowStep], start: int, stats_t: str
+) -> None:
+    for instr in kernel.body[start:]:
+        step = by_id.get(instr.id)
+        if step is None:
+            writer.value(instr)
+            continue
+        if step.can_split:
+            writer.line(f"if SPLIT == {step.index}:")
+            writer.indent += 4
+            writer.row_partial(step, stats_t)
+            writer.indent -= 4
+            writer.line("else:")
+            writer.indent += 4
+            writer.row_in_tile(step)
+            _gemm_rest(writer, kernel, by_id, instr.id + 1, stats_t)
+            writer.indent -= 4
+            return
+        writer.row_in_tile(step)
+    _final_store(writer, kernel)
+
+
+def _final_store(writer: Writer, kernel: Kernel) -> None:
+    result = kernel.value(kernel.result)
+    value = writer.names[result.id]
+    columns, pool = kernel.output_columns()
+    if columns != "N":
+        writer.line(
+            f"tl.store(out_ptr + offs_m[:, None] * stride_om, "
+            f"({value} + tl.zeros((BLOCK_M, 1), dtype=tl.float32)).to(out_ptr.dtype.element_ty), "
+            "mask=mask_m[:, None])"
+        )
+        return
+    level = writer.levels[pool]
+    if result.kind is not Kind.TILE:
+        value = f"({value} + tl.zeros((BLOCK_M, {level.width}), dtype=tl.float32))"
+    writer.line(
+        f"tl.store(out_ptr + (offs_m[:, None] * stride_om + {level.gcol}[None, :] * stride_on), "
+        f"{value}.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & {level.ok}[None, :])"
+    )
+
+
+# ---------------------------------------------------------------------------
+# The finishing kernel (two-pass)
+
+
+def finish_body(writer: Writer, kernel: Kernel) -> None:
+    """One program: BLOCK_M rows of one segment, chunks first .. first + CHUNKS - 1."""
+    row_steps = steps(kernel)
+    segments = kernel.segments()
+    w = writer
+    w.line("num_tiles_n = num_segs * seg_tiles")
+    w.line("offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)")
+    w.line("if WIDE:")
+    w.line("    offs_m = offs_m.to(tl.int64)")
+    w.line("mask_m = offs_m < M")
+    w.line("seg_id = tl.program_id(1)")
+    w.line("first = tl.program_id(2) * CHUNKS")
+    w.line("tiles = tl.arange(0, BLOCK_T)")
+    w.line("tile_mask = mask_m[:, None] & (tiles < seg_tiles)[None, :]")
+    w.line("stat_rows = stats_ptr + offs_m * num_tiles_n + seg_id * seg_tiles")
+    keyword = "if"
+    for step in row_steps:
+        if not step.can_split:
+            continue
+        # each branch computes its own values (none is defined in another branch)
+        names, levels = dict(w.names), dict(w.levels)
+        w.line(f"{keyword} SPLIT == {step.index}:")
+        keyword = "elif"
+        w.indent += 4
+        _finish_split(w, kernel, step, segments)
+        w.indent -= 4
+        w.names, w.levels = names, levels
+
+
+def _finish_split(w: Writer, kernel: Kernel, step: RowStep, segments: list[int]) -> None:
+    rowdef, instr, pool = step.rowdef, step.instr, step.pool
+    family = rowdef.family
+    n = _NSTATS[family]
+    loaded = []
+    for j in range(n):
+        other = "float('-inf')" if (family in ("exp", "max") and j == 0) else "0.0"
+        if family == "min":
+            other = "float('inf')"
+        loaded.append(
+            w.assign(
+                f"tile_stat{j}",
+                f"tl.load(stat_rows[:, None] + {j} * M * num_tiles_n + tiles[None, :], "
+                f"mask=tile_mask, other={other})",
+            )
+        )
+    stats: dict[str, str] = {}
+    if family == "exp":
+        m_t, s_t = loaded
+        m = w.assign("row_shift", f"tl.max({m_t}, axis=1)")
+        part = f"tl.where({s_t} == 0.0, 0.0, {s_t} * tl.exp({m_t} - {m}[:, None]))"
+        s = w.assign("row_sum_exp", f"tl.sum(tl.where(tile_mask, {part}, 0.0), axis=1)")
+        stats = {"m": m, "s": s}
+    elif family == "moments":
+        c_t, mean_t, m2_t = loaded
+        count = w.assign("row_count", f"tl.sum({c_t}, axis=1)")
+        mean = w.assign("row_mean", f"tl.sum({c_t} * {mean_t}, axis=1) / {count}")
+        dev = f"{mean_t} - {mean}[:, None]"
+        m2 = w.assign("row_m2", f"tl.sum({m2_t} + {c_t} * ({dev}) * ({dev}), axis=1)")
+        eps = w.names.get(instr.args[1], None)
+        if eps is None:
+            _recompute(w, kernel, [instr.args[1]], segments)
+            eps = w.names[instr.args[1]]
+        rstd = w.assign("row_rstd", f"1.0 / tl.sqrt_rn({m2} / {count} + {eps})")
+        stats = {"mean": mean, "rstd": rstd}
+    elif family == "sum":
+        stats = {
+            "sum": w.assign("row_total", f"tl.sum({loaded[0]}, axis=1)"),
+            "count": f"(N // {pool})",
+        }
+    else:
+        t = loaded[0]
+        nans = f"tl.sum(tl.where({t} != {t}, 1.0, 0.0), axis=1)"
+        stats = {
+            family: w.assign(
+                f"row_{family}", f"tl.where({nans} > 0, float('nan'), tl.{family}({t}, axis=1))"
+            )
+        }
+    later = _later(kernel, instr.id, segments)
+    if rowdef.kind is RowKind.REDUCE:
+        w.names[instr.id] = w.assign(instr.op, f"({rowdef.apply.format(**stats)})[:, None]")
+        w.levels = {1: Level("local_n", "offs_n", "mask_n", "BLOCK_N")}
+        _recompute(w, kernel, later, segments)
+        _final_store(w, kernel)
+        return
+    # a normaliser: finish each chunk of the segment in turn
+    w.line("for chunk in range(first, tl.minimum(first + CHUNKS, seg_tiles)):")
+    w.indent += 4
+    w.line("n0 = seg_id * seg_n + chunk * tile_n")
+    width = "BLOCK_N"
+    w.line(f"local_n = tl.arange(0, {width})")
+    w.line(f"gcol = n0 // {pool} + local_n")
+    w.line("if WIDE:")
+    w.line("    gcol = gcol.to(tl.int64)")
+    w.line(
+        f"ok = (local_n < tile_n // {pool}) & ((chunk * tile_n) // {pool} + local_n < seg_n // {pool})"
+        f" & (gcol < N // {pool})"
+    )
+    w.line("offs_n = gcol")
+    w.line("mask_n = ok")
+    w.line("mask_mn = mask_m[:, None] & ok[None, :]")
+    level = Level("local_n", "gcol", "ok", width)
+    w.levels = {1: level, pool: level}
+    w.line(
+        "u = tl.load(out_ptr + (offs_m[:, None] * stride_om + gcol[None, :] * stride_on), "
+        "mask=mask_mn, other=0.0).to(tl.float32)"
+    )
+    fields = dict(stats)
+    for k in list(stats):
+        fields[k] = f"{stats[k]}[:, None]"
+    if family == "exp":
+        fields["m_t"] = w.assign(
+            "chunk_shift", "tl.load(stat_rows + chunk, mask=mask_m, other=0.0)[:, None]"
+        )
+    else:
+        fields["mean_t"] = w.assign(
+            "chunk_mean",
+            "tl.load(stat_rows + M * num_tiles_n + chunk, mask=mask_m, other=0.0)[:, None]",
+        )
+    if rowdef.affine:
+        _recompute(w, kernel, [instr.args[2], instr.args[3]], segments)
+        fields.update(w._affine(instr))
+    w.names[instr.id] = w.assign(instr.op, rowdef.finish.format(u="u", **fields))
+    _recompute(w, kernel, later, segments)
+    _final_store(w, kernel)
+    w.indent -= 4
+
+
+def _later(kernel: Kernel, split_id: int, segments: list[int]) -> list[int]:
+    """The values after the cut: those of the split op's segment and later ones."""
+    return [i.id for i in kernel.body if i.id > split_id and segments[i.id] >= split_id]
+
+
+def _recompute(w: Writer, kernel: Kernel, ids: list[int], segments: list[int]) -> None:
+    """Emit `ids` and the values (not depending on the GEMM) they need, in order."""
+    needed: set[int] = set()
+    stack = list(ids)
+    while stack:
+        i = stack.pop()
+        if i in needed or i in w.names:
+            continue
+        needed.add(i)
+        stack.extend(kernel.value(i).args)
+    row_ids = {s.instr.id: s for s in steps(kernel)}
+    for i in sorted(needed):
+        instr = kernel.value(i)
+        if i in row_ids:
+            w.row_in_tile(row_ids[i])
+        else:
+            w.value(instr)
+
+
+def stat_count(kernel: Kernel) -> int:
+    """Floats per row and tile of the stats buffer: the most any split op needs."""
+    return max((_NSTATS[s.rowdef.family] for s in steps(kernel) if s.can_split), default=1)
+
+
+def finish_needed(kernel: Kernel) -> bool:
+    return any(s.can_split for s in steps(kernel))
+
+
+def is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+__all__ = [
+    "ROW_BLOCK_MAX",
+    "RowKind",
+    "RowStep",
+    "Writer",
+    "gemm_epilogue",
+    "plan_source",
+    "steps",
+]
+_ = (Iterator, Role, math)
