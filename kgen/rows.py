@@ -38,11 +38,10 @@ reductions, gathers and stores here are the only ones row operations add.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from kgen.ir import Instr, Kernel, Kind, Operand, Role
+from kgen.ir import Instr, Kernel, Kind, Operand
 from kgen.ops import OPS, ROW_OPS, RowKind, RowOpDef
 
 # The widest register tile (columns) a row operation may use: 64 x 256 fp32 values
@@ -478,10 +477,6 @@ def _trivial(rowdef: RowOpDef, v: str) -> str:
     return v
 
 
-def shift_source() -> str:
-    return _FLT_MAX
-
-
 # ---------------------------------------------------------------------------
 # The GEMM kernel's epilogue
 
@@ -722,10 +717,6 @@ def finish_needed(kernel: Kernel) -> bool:
     return any(s.can_split for s in steps(kernel))
 
 
-def is_power_of_two(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
-
-
 __all__ = [
     "ROW_BLOCK_MAX",
     "RowKind",
@@ -735,4 +726,3 @@ __all__ = [
     "plan_source",
     "steps",
 ]
-_ = (Iterator, Role, math)
