@@ -20,15 +20,19 @@ Rules (ids are stable):
   program_id, dot, atomics, ...); and a `@triton.jit` that is not the innermost
   decorator. Reported at the `def` line. Not caught: kernels launched through an
   attribute or a variable (`self.k[grid]`), helpers imported from other modules.
-- `store-count`: a kernel's store count differs from its number of outputs. Outputs:
-  the launch arguments that the launching function allocates (torch.empty/_like,
-  zeros, ones, full, `t.new_*`; directly or through `TensorDescriptor(...)`) and reads
-  after the launch (returns, saves for backward, passes on; a scratch or lock buffer
-  that is not read again is no output); 1 if no launch shows one. Stores are counted textually along the path with
-  the most: a store in a loop counts once, an `if`/`else` counts its larger branch, a
-  jit helper's stores count at each call. `tl.store`, `tl.store_tensor_descriptor` and
-  `desc.store(...)` (desc from `tl.make_tensor_descriptor`, or a parameter named
-  `*desc*`) count; atomics do not. Reported at the kernel's `def`.
+- `store-count`: one final store per output. Outputs: the launch arguments that the
+  launching function allocates (torch.empty/_like, zeros, ones, full, `t.new_*`;
+  directly or through `TensorDescriptor(...)`) and reads after the launch (returns,
+  saves for backward, passes on; a scratch or lock buffer that is not read again is no
+  output); 1 if no launch shows one. Stores are followed textually along every path: a
+  store in a loop counts once, an `if`/`else` forks the path, a jit helper's stores
+  count at each call. A finding: the path with the most stores has more than there are
+  outputs, or no store at all; a path stores to one pointer parameter twice; an output
+  is stored on no path (checked where every store's pointer parameter is known). So a
+  kernel with modes may store different outputs per mode (`if SPLIT: stats else: out`).
+  `tl.store`, `tl.store_tensor_descriptor` and `desc.store(...)` (desc from
+  `tl.make_tensor_descriptor`, or a parameter named `*desc*`) count; atomics do not.
+  Reported at the kernel's `def`.
 - `store-then-load`: a load in a jit function whose pointer derives from the same base
   pointer parameter as an earlier store there (directly, or inside a jit helper it
   calls with that pointer). Bases are followed through local assignments, `+`/`-`,
@@ -104,6 +108,10 @@ ALLOC = {
 }
 ALLOC_METHODS = {"new_empty", "new_empty_strided", "new_zeros", "new_ones", "new_full"}
 DESCRIPTORS = {f"{TL}.make_tensor_descriptor", f"{TL}._experimental_make_tensor_descriptor"}
+POINTER_KEYWORDS = {
+    "pointer",
+    "desc",
+}  # tl.store(pointer=...), tl.store_tensor_descriptor(desc=...)
 POINTER_PASS = {  # calls whose result points into their first argument's buffer
     f"{TL}.{fn}"
     for fn in ("advance", "multiple_of", "max_contiguous", "max_constancy", "make_block_ptr")
@@ -373,38 +381,61 @@ def _is_store(m: Module, call: ast.Call, descriptors: set[str]) -> bool:
     )
 
 
-def _stores(m: Module, fn: Function, stack: tuple[str, ...] = ()) -> list[int]:
-    """Lines of the stores on `fn`'s path with the most stores (see the module docstring)."""
-    descriptors = _descriptors(m, fn)
+Store = tuple[int, frozenset[str]]  # (line, the pointer parameters it may write)
 
-    def in_expr(node: ast.AST) -> list[int]:
-        lines: list[int] = []
+
+def _store_paths(m: Module, fn: Function, stack: tuple[str, ...] = ()) -> list[list[Store]]:
+    """The stores along each path through `fn` (see the module docstring): an `if`/`else`
+    forks the path, a loop body counts once, a jit helper's stores count at each call."""
+    descriptors = _descriptors(m, fn)
+    bases = _Bases(m, fn)
+
+    def join(paths: list[list[Store]], tails: list[list[Store]]) -> list[list[Store]]:
+        joined = {tuple(p + t): p + t for p in paths for t in tails}
+        return list(joined.values())
+
+    def in_expr(node: ast.AST) -> list[list[Store]]:
+        paths: list[list[Store]] = [[]]
         for n in _walk_local([node]):
             if not isinstance(n, ast.Call):
                 continue
             if _is_store(m, n, descriptors):
-                lines.append(n.lineno)
+                f = n.func
+                plain = m.called(n) in {f"{TL}.store", f"{TL}.store_tensor_descriptor"}
+                first = [*n.args, *(k.value for k in n.keywords if k.arg in POINTER_KEYWORDS)]
+                if isinstance(f, ast.Attribute) and not plain:
+                    first = [f.value]  # desc.store(...)
+                written = frozenset(bases.of(first[0])) if first else frozenset()
+                paths = join(paths, [[(n.lineno, written)]])
             elif isinstance(n.func, ast.Name) and n.func.id not in (*stack, fn.name):
                 helper = m.functions.get(n.func.id)
                 if helper is not None and m.is_jit(helper):
-                    lines += _stores(m, helper, (*stack, fn.name))
-        return lines
+                    params = [a.arg for a in _params(helper)]
+                    args = dict(zip(params, n.args, strict=False))
+                    args.update((k.arg, k.value) for k in n.keywords if k.arg is not None)
+                    # the helper's stores, written through the caller's pointers
+                    effects = _effects(m, helper, (*stack, fn.name))["store"]
+                    used = frozenset(b for q in effects if q in args for b in bases.of(args[q]))
+                    inner = _store_paths(m, helper, (*stack, fn.name))
+                    paths = join(paths, [[(line, used) for line, _ in p] for p in inner])
+        return paths
 
-    def in_block(stmts: list[ast.stmt]) -> list[int]:
-        lines: list[int] = []
+    def in_block(stmts: list[ast.stmt]) -> list[list[Store]]:
+        paths: list[list[Store]] = [[]]
         for s in stmts:
             if isinstance(s, ast.If):
-                body, orelse = in_block(s.body), in_block(s.orelse)
-                lines += in_expr(s.test) + (body if len(body) >= len(orelse) else orelse)
+                paths = join(paths, in_expr(s.test))
+                paths = join(paths, in_block(s.body) + in_block(s.orelse))
             elif isinstance(s, ast.For | ast.While):
-                lines += in_expr(s.iter if isinstance(s, ast.For) else s.test)
-                lines += in_block(s.body) + in_block(s.orelse)
+                paths = join(paths, in_expr(s.iter if isinstance(s, ast.For) else s.test))
+                paths = join(paths, join(in_block(s.body), in_block(s.orelse)))
             elif isinstance(s, ast.With):
-                lines += [ln for i in s.items for ln in in_expr(i.context_expr)]
-                lines += in_block(s.body)
+                for i in s.items:
+                    paths = join(paths, in_expr(i.context_expr))
+                paths = join(paths, in_block(s.body))
             elif not isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                lines += in_expr(s)
-        return lines
+                paths = join(paths, in_expr(s))
+        return paths
 
     return in_block(fn.body)
 
@@ -440,44 +471,79 @@ def _used_after(scope: Scope, line: int) -> set[str]:
     }
 
 
-def _outputs(m: Module, kernel: Function) -> tuple[list[str], int] | None:
-    """The most outputs any launch of `kernel` shows: (tensor names, launch line)."""
-    best: tuple[list[str], int] | None = None
+@dataclass
+class Outputs:
+    names: list[str]  # the launcher's tensors
+    params: list[str | None]  # the kernel parameters they arrive in (None: not known)
+    line: int  # the launch
+
+
+def _outputs(m: Module, kernel: Function) -> Outputs | None:
+    """The most outputs any launch of `kernel` shows."""
+    best: Outputs | None = None
+    params = [a.arg for a in _params(kernel)]
     for la in m.launches:
         if la.kernel != kernel.name:
             continue
         used = _used_after(la.scope, la.call.end_lineno or la.call.lineno)
-        outs = []
-        for arg in [*la.call.args, *(k.value for k in la.call.keywords)]:
+        args: list[tuple[str | None, ast.expr]] = list(zip(params, la.call.args, strict=False))
+        args += [(k.arg, k.value) for k in la.call.keywords if k.arg in params]
+        if len(la.call.args) > len(params):  # *args in the kernel: positions unknown
+            args = [(None, a) for a in la.call.args] + args[len(params) :]
+        outs = Outputs([], [], la.call.lineno)
+        for param, arg in args:
             name = _tensor(m, arg, la.scope, la.call.lineno)
-            if name is not None and name in used and name not in outs:
-                outs.append(name)
-        if outs and (best is None or len(outs) > len(best[0])):
-            best = (outs, la.call.lineno)
+            if name is not None and name in used and name not in outs.names:
+                outs.names.append(name)
+                outs.params.append(param)
+        if outs.names and (best is None or len(outs.names) > len(best.names)):
+            best = outs
     return best
 
 
 def rule_store_count(m: Module) -> Iterator[Problem]:
     for fn in m.kernels():
-        lines = _stores(m, fn)
+        paths = _store_paths(m, fn)
         outputs = _outputs(m, fn)
-        n = 1 if outputs is None else len(outputs[0])
-        if len(lines) == n:
-            continue
+        n = 1 if outputs is None else len(outputs.names)
         if outputs is None:
             why = "is assumed to have 1 output (no launch shows the outputs it allocates)"
         else:
-            names = ", ".join(f"`{o}`" for o in outputs[0])
+            names = ", ".join(f"`{o}`" for o in outputs.names)
             plural = "output" if n == 1 else "outputs"
-            why = f"has {n} {plural} ({names}: see the launch at line {outputs[1]})"
-        where = ", ".join(map(str, sorted(set(lines))))
-        calls = f"{len(lines)} tl.store call{'s' if len(lines) > 1 else ''}"
-        stores = (
-            f"{calls} (line{'s' if len(set(lines)) > 1 else ''} {where})"
-            if lines
-            else "no tl.store"
-        )
-        yield fn.lineno, f"kernel `{fn.name}` has {stores} but {why}"
+            why = f"has {n} {plural} ({names}: see the launch at line {outputs.line})"
+        most = max(paths, key=len)
+        if len(most) > n or not most:
+            lines = [line for line, _ in most]
+            where = ", ".join(map(str, sorted(set(lines))))
+            calls = f"{len(lines)} tl.store call{'s' if len(lines) > 1 else ''}"
+            stores = (
+                f"{calls} (line{'s' if len(set(lines)) > 1 else ''} {where})"
+                if lines
+                else "no tl.store"
+            )
+            yield fn.lineno, f"kernel `{fn.name}` has {stores} but {why}"
+            continue
+        for path in paths:  # a kernel with modes (constexpr branches) may store per mode
+            seen: dict[str, int] = {}
+            for line, written in path:
+                for base in sorted(written):
+                    if base in seen:
+                        yield fn.lineno, (
+                            f"kernel `{fn.name}` stores to `{base}` twice on one path "
+                            f"(lines {seen[base]}, {line}): keep one final store per output"
+                        )
+                        break
+                    seen[base] = line
+        targets = [written for path in paths for _, written in path]
+        if outputs is not None and all(targets) and None not in outputs.params:
+            written = frozenset().union(*targets)
+            for name, param in zip(outputs.names, outputs.params, strict=True):
+                if param not in written:
+                    yield fn.lineno, (
+                        f"kernel `{fn.name}` never stores output `{name}` (its parameter "
+                        f"`{param}`) on any path, but {why}"
+                    )
 
 
 # -- rule: store-then-load ------------------------------------------------------------
