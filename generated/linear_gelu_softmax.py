@@ -285,18 +285,18 @@ def linear_gelu_softmax_finish(
         offs_m = offs_m.to(tl.int64)
     mask_m = offs_m < M
     seg_id = tl.program_id(1)
-    first = tl.program_id(2) * CHUNKS
-    tiles = tl.arange(0, BLOCK_T)
-    tile_mask = mask_m[:, None] & (tiles < seg_tiles)[None, :]
+    first_chunk = tl.program_id(2) * CHUNKS
+    tile_ids = tl.arange(0, BLOCK_T)
+    tile_mask = mask_m[:, None] & (tile_ids < seg_tiles)[None, :]
     stat_rows = stats_ptr + offs_m * num_tiles_n + seg_id * seg_tiles
     if SPLIT == 0:
         tile_stat0_0 = tl.load(
-            stat_rows[:, None] + 0 * M * num_tiles_n + tiles[None, :],
+            stat_rows[:, None] + 0 * M * num_tiles_n + tile_ids[None, :],
             mask=tile_mask,
             other=float("-inf"),
         )
         tile_stat1_0 = tl.load(
-            stat_rows[:, None] + 1 * M * num_tiles_n + tiles[None, :], mask=tile_mask, other=0.0
+            stat_rows[:, None] + 1 * M * num_tiles_n + tile_ids[None, :], mask=tile_mask, other=0.0
         )
         row_shift_0 = tl.max(tile_stat0_0, axis=1)
         row_sum_exp_0 = tl.sum(
@@ -311,31 +311,33 @@ def linear_gelu_softmax_finish(
             ),
             axis=1,
         )
-        for chunk in range(first, tl.minimum(first + CHUNKS, seg_tiles)):
+        for chunk in range(first_chunk, tl.minimum(first_chunk + CHUNKS, seg_tiles)):
             n0 = seg_id * seg_n + chunk * tile_n
             local_n = tl.arange(0, BLOCK_N)
             gcol = n0 // 1 + local_n
             if WIDE:
                 gcol = gcol.to(tl.int64)
-            ok = (
+            col_ok = (
                 (local_n < tile_n // 1)
                 & ((chunk * tile_n) // 1 + local_n < seg_n // 1)
                 & (gcol < N // 1)
             )
             offs_n = gcol
-            mask_n = ok
-            mask_mn = mask_m[:, None] & ok[None, :]
-            u = tl.load(
+            mask_n = col_ok
+            mask_mn = mask_m[:, None] & col_ok[None, :]
+            tile_relative = tl.load(
                 out_ptr + (offs_m[:, None] * stride_om + gcol[None, :] * stride_on),
                 mask=mask_mn,
                 other=0.0,
             ).to(tl.float32)
             chunk_shift_0 = tl.load(stat_rows + chunk, mask=mask_m, other=0.0)[:, None]
-            softmax_0 = u * (tl.exp(chunk_shift_0 - row_shift_0[:, None]) / row_sum_exp_0[:, None])
+            softmax_0 = tile_relative * (
+                tl.exp(chunk_shift_0 - row_shift_0[:, None]) / row_sum_exp_0[:, None]
+            )
             tl.store(
                 out_ptr + (offs_m[:, None] * stride_om + gcol[None, :] * stride_on),
                 softmax_0.to(out_ptr.dtype.element_ty),
-                mask=mask_m[:, None] & ok[None, :],
+                mask=mask_m[:, None] & col_ok[None, :],
             )
 
 
@@ -640,14 +642,16 @@ def _launch(config, tma, x, weight, bias):
     if out.numel() == 0:
         return out
     block_m, block_n, block_k, group_m, num_warps, num_stages, loop = config
-    split, tile_n, seg_n, seg_tiles, num_segs, block, consts, block_t = _row_plan(N, block_n)
-    if block > block_n:  # a whole row in one tile: fewer rows, as many values
-        block_m = max(16, block_m * block_n // block)
-    block_n = block
+    row_split, tile_n, seg_n, seg_tiles, num_segs, row_block_n, row_consts, block_t = _row_plan(
+        N, block_n
+    )
+    if row_block_n > block_n:  # a whole row in one tile: fewer rows, as many values
+        block_m = max(16, block_m * block_n // row_block_n)
+    block_n = row_block_n
     grid = triton.cdiv(M, block_m) * max(1, num_segs * seg_tiles)
-    stats = out  # (unused without a split)
-    if split >= 0:
-        stats = torch.empty((2, M, num_segs * seg_tiles), device=x.device, dtype=torch.float32)
+    row_stats = out  # (unused without a split)
+    if row_split >= 0:
+        row_stats = torch.empty((2, M, num_segs * seg_tiles), device=x.device, dtype=torch.float32)
     x_desc = w_desc = None
     if loop == "pointer" or not tma:
         loop = "pointer"
@@ -656,13 +660,13 @@ def _launch(config, tma, x, weight, bias):
         w_desc = TensorDescriptor(weight, [N, K], [weight.stride(0), 1], [block_n, block_k])
         if loop != "tma":  # persistent: a program per SM
             grid = min(grid, _device_info(x.device)[1])
-    wide = _wide(x, weight, bias, out)
+    wide_index = _wide(x, weight, bias, out)
     linear_gelu_softmax_kernel[(grid,)](
         x,
         weight,
         bias,
         out,
-        stats,
+        row_stats,
         x_desc,
         w_desc,
         M,
@@ -685,20 +689,20 @@ def _launch(config, tma, x, weight, bias):
         GROUP_M=group_m,
         TMA=loop != "pointer",
         FLATTEN=loop == "persistent",
-        WIDE=wide,
+        WIDE=wide_index,
         UPCAST_DOT=_INTERPRET,
-        SPLIT=split,
+        SPLIT=row_split,
         ALIGNED=tile_n == block_n and (num_segs == 1 or seg_n % block_n == 0),
-        **consts,
+        **row_consts,
         num_warps=num_warps,
         num_stages=num_stages,
     )
-    if split >= 0:
-        chunks = seg_tiles if _SPLIT_REDUCES[split] else 8
-        grid = (triton.cdiv(M, 32), max(1, num_segs), triton.cdiv(seg_tiles, chunks))
+    if row_split >= 0:
+        finish_chunks = seg_tiles if _SPLIT_REDUCES[row_split] else 8
+        grid = (triton.cdiv(M, 32), max(1, num_segs), triton.cdiv(seg_tiles, finish_chunks))
         linear_gelu_softmax_finish[grid](
             out,
-            stats,
+            row_stats,
             bias,
             M,
             N,
@@ -709,12 +713,12 @@ def _launch(config, tma, x, weight, bias):
             seg_n,
             seg_tiles,
             num_segs,
-            SPLIT=split,
+            SPLIT=row_split,
             BLOCK_M=32,
             BLOCK_N=block_n,
             BLOCK_T=block_t,
-            CHUNKS=chunks,
-            WIDE=wide,
+            CHUNKS=finish_chunks,
+            WIDE=wide_index,
             num_warps=4,
         )
     return out

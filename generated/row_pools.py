@@ -290,13 +290,13 @@ def row_pools_finish(
         offs_m = offs_m.to(tl.int64)
     mask_m = offs_m < M
     seg_id = tl.program_id(1)
-    first = tl.program_id(2) * CHUNKS
-    tiles = tl.arange(0, BLOCK_T)
-    tile_mask = mask_m[:, None] & (tiles < seg_tiles)[None, :]
+    first_chunk = tl.program_id(2) * CHUNKS
+    tile_ids = tl.arange(0, BLOCK_T)
+    tile_mask = mask_m[:, None] & (tile_ids < seg_tiles)[None, :]
     stat_rows = stats_ptr + offs_m * num_tiles_n + seg_id * seg_tiles
     if SPLIT == 2:
         tile_stat0_0 = tl.load(
-            stat_rows[:, None] + 0 * M * num_tiles_n + tiles[None, :],
+            stat_rows[:, None] + 0 * M * num_tiles_n + tile_ids[None, :],
             mask=tile_mask,
             other=float("inf"),
         )
@@ -618,14 +618,16 @@ def _launch(config, tma, x, weight, bias):
     if out.numel() == 0:
         return out.view(M)
     block_m, block_n, block_k, group_m, num_warps, num_stages, loop = config
-    split, tile_n, seg_n, seg_tiles, num_segs, block, consts, block_t = _row_plan(N, block_n)
-    if block > block_n:  # a whole row in one tile: fewer rows, as many values
-        block_m = max(16, block_m * block_n // block)
-    block_n = block
+    row_split, tile_n, seg_n, seg_tiles, num_segs, row_block_n, row_consts, block_t = _row_plan(
+        N, block_n
+    )
+    if row_block_n > block_n:  # a whole row in one tile: fewer rows, as many values
+        block_m = max(16, block_m * block_n // row_block_n)
+    block_n = row_block_n
     grid = triton.cdiv(M, block_m) * max(1, num_segs * seg_tiles)
-    stats = out  # (unused without a split)
-    if split >= 0:
-        stats = torch.empty((1, M, num_segs * seg_tiles), device=x.device, dtype=torch.float32)
+    row_stats = out  # (unused without a split)
+    if row_split >= 0:
+        row_stats = torch.empty((1, M, num_segs * seg_tiles), device=x.device, dtype=torch.float32)
     x_desc = w_desc = None
     if loop == "pointer" or not tma:
         loop = "pointer"
@@ -634,13 +636,13 @@ def _launch(config, tma, x, weight, bias):
         w_desc = TensorDescriptor(weight, [N, K], [weight.stride(0), 1], [block_n, block_k])
         if loop != "tma":  # persistent: a program per SM
             grid = min(grid, _device_info(x.device)[1])
-    wide = _wide(x, weight, bias, out)
+    wide_index = _wide(x, weight, bias, out)
     row_pools_kernel[(grid,)](
         x,
         weight,
         bias,
         out,
-        stats,
+        row_stats,
         x_desc,
         w_desc,
         M,
@@ -663,20 +665,20 @@ def _launch(config, tma, x, weight, bias):
         GROUP_M=group_m,
         TMA=loop != "pointer",
         FLATTEN=loop == "persistent",
-        WIDE=wide,
+        WIDE=wide_index,
         UPCAST_DOT=_INTERPRET,
-        SPLIT=split,
+        SPLIT=row_split,
         ALIGNED=tile_n == block_n and (num_segs == 1 or seg_n % block_n == 0),
-        **consts,
+        **row_consts,
         num_warps=num_warps,
         num_stages=num_stages,
     )
-    if split >= 0:
-        chunks = seg_tiles if _SPLIT_REDUCES[split] else 8
-        grid = (triton.cdiv(M, 32), max(1, num_segs), triton.cdiv(seg_tiles, chunks))
+    if row_split >= 0:
+        finish_chunks = seg_tiles if _SPLIT_REDUCES[row_split] else 8
+        grid = (triton.cdiv(M, 32), max(1, num_segs), triton.cdiv(seg_tiles, finish_chunks))
         row_pools_finish[grid](
             out,
-            stats,
+            row_stats,
             bias,
             M,
             N,
@@ -687,12 +689,12 @@ def _launch(config, tma, x, weight, bias):
             seg_n,
             seg_tiles,
             num_segs,
-            SPLIT=split,
+            SPLIT=row_split,
             BLOCK_M=32,
             BLOCK_N=block_n,
             BLOCK_T=block_t,
-            CHUNKS=chunks,
-            WIDE=wide,
+            CHUNKS=finish_chunks,
+            WIDE=wide_index,
             num_warps=4,
         )
     return out.view(M)

@@ -662,9 +662,9 @@ def _row_launch(
     view = ".view(M)" if columns == "" else ""
     reduces = tuple(s.rowdef.reduces for s in rows.steps(kernel))
     gemm_args = list(kernel_args)
-    gemm_args.insert(gemm_args.index("out") + 1, "stats")
+    gemm_args.insert(gemm_args.index("out") + 1, "row_stats")
     gemm_args.insert(gemm_args.index("K") + 1, "tile_n, seg_n, seg_tiles, num_segs")
-    pointers = ["out", "stats"] + (["bias"] if kernel.has_bias else [])
+    pointers = ["out", "row_stats"] + (["bias"] if kernel.has_bias else [])
     pointers += [t.name for t in kernel.tensors]
     strides = [a for a in kernel_args[kernel_args.index("K") + 1 :] if a not in floats]
     strides = [s for s in strides if not s.startswith(("x.", "weight."))]
@@ -684,14 +684,14 @@ def _row_launch(
         "    if out.numel() == 0:",
         f"        return out{view}",
         "    block_m, block_n, block_k, group_m, num_warps, num_stages, loop = config",
-        "    split, tile_n, seg_n, seg_tiles, num_segs, block, consts, block_t = _row_plan(N, block_n)",
-        "    if block > block_n:  # a whole row in one tile: fewer rows, as many values",
-        "        block_m = max(16, block_m * block_n // block)",
-        "    block_n = block",
+        "    row_split, tile_n, seg_n, seg_tiles, num_segs, row_block_n, row_consts, block_t = _row_plan(N, block_n)",
+        "    if row_block_n > block_n:  # a whole row in one tile: fewer rows, as many values",
+        "        block_m = max(16, block_m * block_n // row_block_n)",
+        "    block_n = row_block_n",
         "    grid = triton.cdiv(M, block_m) * max(1, num_segs * seg_tiles)",
-        "    stats = out  # (unused without a split)",
-        "    if split >= 0:",
-        f"        stats = torch.empty(({rows.stat_count(kernel)}, M, num_segs * seg_tiles), device=x.device, dtype=torch.float32)",
+        "    row_stats = out  # (unused without a split)",
+        "    if row_split >= 0:",
+        f"        row_stats = torch.empty(({rows.stat_count(kernel)}, M, num_segs * seg_tiles), device=x.device, dtype=torch.float32)",
         "    x_desc = w_desc = None",
         '    if loop == "pointer" or not tma:',
         '        loop = "pointer"',
@@ -700,7 +700,7 @@ def _row_launch(
         f"        w_desc = TensorDescriptor(weight, {w_shape}, [weight.stride(0), 1], {w_block})",
         '        if loop != "tma":  # persistent: a program per SM',
         "            grid = min(grid, _device_info(x.device)[1])",
-        f"    wide = _wide({', '.join(tensors)})",
+        f"    wide_index = _wide({', '.join(tensors)})",
         f"    {kernel.name}_kernel[(grid,)](",
         *(f"        {a}," for a in gemm_args),
         "        BLOCK_M=block_m,",
@@ -709,28 +709,28 @@ def _row_launch(
         "        GROUP_M=group_m,",
         '        TMA=loop != "pointer",',
         '        FLATTEN=loop == "persistent",',
-        "        WIDE=wide,",
+        "        WIDE=wide_index,",
         "        UPCAST_DOT=_INTERPRET,",
-        "        SPLIT=split,",
+        "        SPLIT=row_split,",
         "        ALIGNED=tile_n == block_n and (num_segs == 1 or seg_n % block_n == 0),",
-        "        **consts,",
+        "        **row_consts,",
         "        num_warps=num_warps,",
         "        num_stages=num_stages,",
         "    )",
     ]
     if rows.finish_needed(kernel):
         lines += [
-            "    if split >= 0:",
-            f"        chunks = seg_tiles if _SPLIT_REDUCES[split] else {rows.FINISH_CHUNKS}",
-            f"        grid = (triton.cdiv(M, {rows.FINISH_BLOCK_M}), max(1, num_segs), triton.cdiv(seg_tiles, chunks))",
+            "    if row_split >= 0:",
+            f"        finish_chunks = seg_tiles if _SPLIT_REDUCES[row_split] else {rows.FINISH_CHUNKS}",
+            f"        grid = (triton.cdiv(M, {rows.FINISH_BLOCK_M}), max(1, num_segs), triton.cdiv(seg_tiles, finish_chunks))",
             f"        {kernel.name}_finish[grid](",
             *(f"            {a}," for a in finish_args),
-            "            SPLIT=split,",
+            "            SPLIT=row_split,",
             f"            BLOCK_M={rows.FINISH_BLOCK_M},",
             "            BLOCK_N=block_n,",
             "            BLOCK_T=block_t,",
-            "            CHUNKS=chunks,",
-            "            WIDE=wide,",
+            "            CHUNKS=finish_chunks,",
+            "            WIDE=wide_index,",
             "            num_warps=4,",
             "        )",
         ]

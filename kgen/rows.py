@@ -558,7 +558,8 @@ def _final_store(writer: Writer, kernel: Kernel) -> None:
 
 
 def finish_body(writer: Writer, kernel: Kernel) -> None:
-    """One program: BLOCK_M rows of one segment, chunks first .. first + CHUNKS - 1."""
+    """One program: BLOCK_M rows of one segment, chunks first_chunk to first_chunk +
+    CHUNKS - 1."""
     row_steps = steps(kernel)
     segments = kernel.segments()
     w = writer
@@ -568,9 +569,9 @@ def finish_body(writer: Writer, kernel: Kernel) -> None:
     w.line("    offs_m = offs_m.to(tl.int64)")
     w.line("mask_m = offs_m < M")
     w.line("seg_id = tl.program_id(1)")
-    w.line("first = tl.program_id(2) * CHUNKS")
-    w.line("tiles = tl.arange(0, BLOCK_T)")
-    w.line("tile_mask = mask_m[:, None] & (tiles < seg_tiles)[None, :]")
+    w.line("first_chunk = tl.program_id(2) * CHUNKS")
+    w.line("tile_ids = tl.arange(0, BLOCK_T)")
+    w.line("tile_mask = mask_m[:, None] & (tile_ids < seg_tiles)[None, :]")
     w.line("stat_rows = stats_ptr + offs_m * num_tiles_n + seg_id * seg_tiles")
     keyword = "if"
     for step in row_steps:
@@ -598,7 +599,7 @@ def _finish_split(w: Writer, kernel: Kernel, step: RowStep, segments: list[int])
         loaded.append(
             w.assign(
                 f"tile_stat{j}",
-                f"tl.load(stat_rows[:, None] + {j} * M * num_tiles_n + tiles[None, :], "
+                f"tl.load(stat_rows[:, None] + {j} * M * num_tiles_n + tile_ids[None, :], "
                 f"mask=tile_mask, other={other})",
             )
         )
@@ -642,7 +643,7 @@ def _finish_split(w: Writer, kernel: Kernel, step: RowStep, segments: list[int])
         _final_store(w, kernel)
         return
     # a normaliser: finish each chunk of the segment in turn
-    w.line("for chunk in range(first, tl.minimum(first + CHUNKS, seg_tiles)):")
+    w.line("for chunk in range(first_chunk, tl.minimum(first_chunk + CHUNKS, seg_tiles)):")
     w.indent += 4
     w.line("n0 = seg_id * seg_n + chunk * tile_n")
     width = "BLOCK_N"
@@ -651,16 +652,16 @@ def _finish_split(w: Writer, kernel: Kernel, step: RowStep, segments: list[int])
     w.line("if WIDE:")
     w.line("    gcol = gcol.to(tl.int64)")
     w.line(
-        f"ok = (local_n < tile_n // {pool}) & ((chunk * tile_n) // {pool} + local_n < seg_n // {pool})"
+        f"col_ok = (local_n < tile_n // {pool}) & ((chunk * tile_n) // {pool} + local_n < seg_n // {pool})"
         f" & (gcol < N // {pool})"
     )
     w.line("offs_n = gcol")
-    w.line("mask_n = ok")
-    w.line("mask_mn = mask_m[:, None] & ok[None, :]")
-    level = Level("local_n", "gcol", "ok", width)
+    w.line("mask_n = col_ok")
+    w.line("mask_mn = mask_m[:, None] & col_ok[None, :]")
+    level = Level("local_n", "gcol", "col_ok", width)
     w.levels = {1: level, pool: level}
     w.line(
-        "u = tl.load(out_ptr + (offs_m[:, None] * stride_om + gcol[None, :] * stride_on), "
+        "tile_relative = tl.load(out_ptr + (offs_m[:, None] * stride_om + gcol[None, :] * stride_on), "
         "mask=mask_mn, other=0.0).to(tl.float32)"
     )
     fields = dict(stats)
@@ -678,7 +679,7 @@ def _finish_split(w: Writer, kernel: Kernel, step: RowStep, segments: list[int])
     if rowdef.affine:
         _recompute(w, kernel, [instr.args[2], instr.args[3]], segments)
         fields.update(w._affine(instr))
-    w.names[instr.id] = w.assign(instr.op, rowdef.finish.format(u="u", **fields))
+    w.names[instr.id] = w.assign(instr.op, rowdef.finish.format(u="tile_relative", **fields))
     _recompute(w, kernel, later, segments)
     _final_store(w, kernel)
     w.indent -= 4
