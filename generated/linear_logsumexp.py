@@ -586,8 +586,13 @@ def _launch(config, tma, x, weight, bias):
     row_split, tile_n, seg_n, seg_tiles, num_segs, row_block_n, row_consts, block_t = _row_plan(
         N, block_n
     )
-    if row_block_n > block_n:  # a whole row in one tile: fewer rows, as many values
+    if row_block_n > block_n:
+        # a whole row in one tile: fewer rows, as many accumulator registers, and a
+        # shorter k step so that a pipeline stage's shared memory does not grow
+        stage_elements = (block_m + block_n) * block_k
         block_m = max(16, block_m * block_n // row_block_n)
+        while block_k > 16 and (block_m + row_block_n) * block_k > stage_elements:
+            block_k //= 2
     block_n = row_block_n
     grid = triton.cdiv(M, block_m) * max(1, num_segs * seg_tiles)
     row_stats = out  # (unused without a split)

@@ -171,6 +171,7 @@ RESERVED: frozenset[str] = frozenset(
         "row_stats",
         "row_split",
         "row_block_n",
+        "stage_elements",
         "row_consts",
         "block_t",
         "finish_chunks",

@@ -5,7 +5,9 @@ For each spec, dtype and shape:
 1. `configs.candidates` prunes the search space by shape and the seeds' rules;
 2. every candidate is compiled, in parallel (`triton.AsyncCompileMode`), and pruned by
    what the compiler reports: `OutOfResources` (shared memory), and spills beyond
-   `MAX_SPILLS` words (a few dozen spilled words can still be fastest: shared/notes);
+   `MAX_SPILLS` words (a few dozen spilled words can still be fastest: shared/notes).
+   The module's own heuristic choice is always a candidate and always timed, spills or
+   not: a tuned shape must never run slower than an untuned one would;
 3. the survivors are timed with `triton.testing.do_bench` (median, L2 flushed) on fresh
    `torch.randn` inputs; the best few are timed again, longer, to pick the winner;
 4. the winner goes into `<kernel>.tuning.json` beside the generated module, under the
@@ -182,14 +184,20 @@ def tune_case(
     tma = module._tma_ready(args[0], args[1])
     num_sms = module._device_info(args[0].device)[1]  # what a persistent launch uses
     cands = configs.candidates(shape.M, shape.N, shape.K, dtype, tma, num_sms)
+    default = tuple(module._heuristic(shape.M, shape.N, shape.K, dtype, tma))
+    if default not in cands:
+        cands = [*cands, default]
     results = compile_all(module, kernel, cands, args, values, tma)
 
     def time(config: configs.Config, rep: int) -> float:
         return median_ms(lambda: module._launch(config, tma, *args, *values), warmup=5, rep=rep)
 
-    alive = [r for r in results if r.error is None and r.spills <= MAX_SPILLS]
+    def spills(r: Candidate) -> bool:
+        return r.spills > MAX_SPILLS and r.config != default
+
+    alive = [r for r in results if r.error is None and not spills(r)]
     for r in results:
-        if r.error is None and r.spills > MAX_SPILLS:
+        if r.error is None and spills(r):
             r.error = f"{r.spills} spilled words"
     desc = f"{kernel.name} {shape} {str(dtype)[6:]}"
     for r in tqdm(alive, desc=desc, unit="config", leave=False):
