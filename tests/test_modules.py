@@ -161,3 +161,36 @@ def test_empty_and_zero_k_problems() -> None:
     torch.testing.assert_close(out, expected.expand(3, 6))
     out = module.gemm_sigmoid_residual(torch.randn(3, 8), torch.randn(0, 8), torch.randn(0))
     assert out.shape == (3, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "name", ["gemm_sigmoid_residual", "gemm_scale_hardtanh_gelu", "linear_softmax"]
+)
+def test_a_call_can_be_captured_in_a_cuda_graph(name: str) -> None:
+    """For fixed shapes, `torch.cuda.graph` captures a call (no host sync, no per-call
+    host state the replay would miss): the replay computes what a call computes, for
+    new values in the captured input too (README, "Calling it cheaply")."""
+    from kgen.tune import Shape, inputs
+
+    compiled, module = committed(name)
+    kernel = compiled.kernel
+    fn = getattr(module, kernel.name)
+    N = 700 if kernel.row_ops else 1024  # linear_softmax: in two passes
+    args, floats = inputs(kernel, Shape(128, N, 512), torch.float16, seed=3)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile and choose before capturing
+        fn(*args, **floats)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fn(*args, **floats)
+    for seed in (4, 5):
+        fresh, _ = inputs(kernel, Shape(128, N, 512), torch.float16, seed=seed)
+        args[0].copy_(fresh[0])
+        graph.replay()
+        torch.cuda.synchronize()
+        want = fn(*args, **floats)
+        assert torch.equal(static_out, want)
+        testing.assert_matches_reference(kernel, static_out, *args, **floats)
