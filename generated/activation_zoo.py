@@ -180,6 +180,7 @@ def activation_zoo_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SUBTILES: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of activation_zoo: GEMM, then the epilogue in registers."""
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
@@ -240,44 +241,58 @@ def activation_zoo_kernel(
 
         # -- epilogue: fp32, in registers
         mask_m = offs_m < M
-        mask_n = offs_n < N
-        mask_mn = mask_m[:, None] & mask_n[None, :]
-        # src[activation_zoo.fuse:3]: epilogue: bias; z = acc; acc = 0.1 * mish(z) + 0.1 * softplus(z, beta=2, threshold=5) + 0.1 * elu(z, 0.5) + 0.1 * selu(z) + 0.1 * celu(z, alpha=2) + 0.1 * hardswish(z) + 0.1 * hardsigmoid(z) + 0.1 * logsigmoid(z) + 0.1 * leaky_relu(z, slope=0.2) + 0.1 * swish(z)
-        bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
-            None, :
-        ]
-        bias_2 = acc + bias_1
-        mish_4 = bias_2 * _tanh(_softplus(bias_2, 1.0, 20.0))
-        mul_5 = 0.1 * mish_4
-        softplus_8 = _softplus(bias_2, 2.0, 5.0)
-        mul_9 = 0.1 * softplus_8
-        add_10 = mul_5 + mul_9
-        elu_12 = _elu(bias_2, 0.5)
-        mul_13 = 0.1 * elu_12
-        add_14 = add_10 + mul_13
-        selu_15 = 1.0507009873554805 * _elu(bias_2, 1.6732632423543772)
-        mul_16 = 0.1 * selu_15
-        add_17 = add_14 + mul_16
-        celu_18 = _celu(bias_2, 2.0)
-        mul_19 = 0.1 * celu_18
-        add_20 = add_17 + mul_19
-        hardswish_21 = bias_2 * _hardsigmoid(bias_2)
-        mul_22 = 0.1 * hardswish_21
-        add_23 = add_20 + mul_22
-        hardsigmoid_24 = _hardsigmoid(bias_2)
-        mul_25 = 0.1 * hardsigmoid_24
-        add_26 = add_23 + mul_25
-        logsigmoid_27 = _logsigmoid(bias_2)
-        mul_28 = 0.1 * logsigmoid_27
-        add_29 = add_26 + mul_28
-        leaky_relu_31 = tl.where(bias_2 > 0.0, bias_2, bias_2 * 0.2)
-        mul_32 = 0.1 * leaky_relu_31
-        add_33 = add_29 + mul_32
-        silu_34 = bias_2 * _sigmoid(bias_2)
-        mul_35 = 0.1 * silu_34
-        add_36 = add_33 + mul_35
-        out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-        tl.store(out_ptrs, add_36.to(out_ptr.dtype.element_ty), mask=mask_mn)
+        acc_tile = acc
+        for subtile in tl.static_range(SUBTILES):
+            if SUBTILES == 1:
+                acc = acc_tile
+            else:  # Triton tutorial 09's epilogue subtiling
+                acc_halves = tl.permute(tl.reshape(acc_tile, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+                acc = tl.split(acc_halves)[subtile]
+            offs_n = (
+                pid_n * BLOCK_N
+                + subtile * (BLOCK_N // SUBTILES)
+                + tl.arange(0, BLOCK_N // SUBTILES)
+            )
+            if WIDE:
+                offs_n = offs_n.to(tl.int64)
+            mask_n = offs_n < N
+            mask_mn = mask_m[:, None] & mask_n[None, :]
+            # src[activation_zoo.fuse:3]: epilogue: bias; z = acc; acc = 0.1 * mish(z) + 0.1 * softplus(z, beta=2, threshold=5) + 0.1 * elu(z, 0.5) + 0.1 * selu(z) + 0.1 * celu(z, alpha=2) + 0.1 * hardswish(z) + 0.1 * hardsigmoid(z) + 0.1 * logsigmoid(z) + 0.1 * leaky_relu(z, slope=0.2) + 0.1 * swish(z)
+            bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
+                tl.float32
+            )[None, :]
+            bias_2 = acc + bias_1
+            mish_4 = bias_2 * _tanh(_softplus(bias_2, 1.0, 20.0))
+            mul_5 = 0.1 * mish_4
+            softplus_8 = _softplus(bias_2, 2.0, 5.0)
+            mul_9 = 0.1 * softplus_8
+            add_10 = mul_5 + mul_9
+            elu_12 = _elu(bias_2, 0.5)
+            mul_13 = 0.1 * elu_12
+            add_14 = add_10 + mul_13
+            selu_15 = 1.0507009873554805 * _elu(bias_2, 1.6732632423543772)
+            mul_16 = 0.1 * selu_15
+            add_17 = add_14 + mul_16
+            celu_18 = _celu(bias_2, 2.0)
+            mul_19 = 0.1 * celu_18
+            add_20 = add_17 + mul_19
+            hardswish_21 = bias_2 * _hardsigmoid(bias_2)
+            mul_22 = 0.1 * hardswish_21
+            add_23 = add_20 + mul_22
+            hardsigmoid_24 = _hardsigmoid(bias_2)
+            mul_25 = 0.1 * hardsigmoid_24
+            add_26 = add_23 + mul_25
+            logsigmoid_27 = _logsigmoid(bias_2)
+            mul_28 = 0.1 * logsigmoid_27
+            add_29 = add_26 + mul_28
+            leaky_relu_31 = tl.where(bias_2 > 0.0, bias_2, bias_2 * 0.2)
+            mul_32 = 0.1 * leaky_relu_31
+            add_33 = add_29 + mul_32
+            silu_34 = bias_2 * _sigmoid(bias_2)
+            mul_35 = 0.1 * silu_34
+            add_36 = add_33 + mul_35
+            out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
+            tl.store(out_ptrs, add_36.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -521,6 +536,7 @@ def _launch(config, tma, x, weight, bias):
         FLATTEN=loop == "persistent",
         WIDE=_wide(x, weight, bias, out),
         UPCAST_DOT=_INTERPRET,
+        SUBTILES=2 if block_n >= 256 else 1,
         num_warps=num_warps,
         num_stages=num_stages,
     )

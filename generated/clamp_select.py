@@ -92,6 +92,7 @@ def clamp_select_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SUBTILES: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of clamp_select: GEMM, then the epilogue in registers."""
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
@@ -155,34 +156,48 @@ def clamp_select_kernel(
 
         # -- epilogue: fp32, in registers
         mask_m = offs_m < M
-        mask_n = offs_n < N
-        mask_mn = mask_m[:, None] & mask_n[None, :]
-        # src[clamp_select.fuse:7]: epilogue: bias; clamp(lo, hi); acc = where(acc > 0, acc, 0.5 * acc); max(floor); min(ceiling); sub(0.25); relu; hardtanh
-        bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
-            None, :
-        ]
-        bias_2 = acc + bias_1
-        lo_3 = tl.full([], lo, tl.float32)
-        hi_4 = tl.full([], hi, tl.float32)
-        clamp_5 = _clamp(bias_2, lo_3, hi_4)
-        gt_7 = clamp_5 > 0.0
-        mul_9 = 0.5 * clamp_5
-        where_10 = tl.where(gt_7, clamp_5, mul_9)
-        floor_11 = tl.load(
-            floor_ptr + (offs_m[:, None] * stride_floor_m + offs_n[None, :] * stride_floor_n),
-            mask=mask_mn,
-            other=0.0,
-        ).to(tl.float32)
-        max_12 = _maximum(where_10, floor_11)
-        ceiling_13 = tl.load(ceiling_ptr + offs_n * stride_ceiling_n, mask=mask_n, other=0.0).to(
-            tl.float32
-        )[None, :]
-        min_14 = _minimum(max_12, ceiling_13)
-        sub_16 = min_14 - 0.25
-        relu_17 = tl.where(sub_16 < 0.0, 0.0, sub_16)
-        hardtanh_20 = _clamp(relu_17, -1.0, 1.0)
-        out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-        tl.store(out_ptrs, hardtanh_20.to(out_ptr.dtype.element_ty), mask=mask_mn)
+        acc_tile = acc
+        for subtile in tl.static_range(SUBTILES):
+            if SUBTILES == 1:
+                acc = acc_tile
+            else:  # Triton tutorial 09's epilogue subtiling
+                acc_halves = tl.permute(tl.reshape(acc_tile, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+                acc = tl.split(acc_halves)[subtile]
+            offs_n = (
+                pid_n * BLOCK_N
+                + subtile * (BLOCK_N // SUBTILES)
+                + tl.arange(0, BLOCK_N // SUBTILES)
+            )
+            if WIDE:
+                offs_n = offs_n.to(tl.int64)
+            mask_n = offs_n < N
+            mask_mn = mask_m[:, None] & mask_n[None, :]
+            # src[clamp_select.fuse:7]: epilogue: bias; clamp(lo, hi); acc = where(acc > 0, acc, 0.5 * acc); max(floor); min(ceiling); sub(0.25); relu; hardtanh
+            bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
+                tl.float32
+            )[None, :]
+            bias_2 = acc + bias_1
+            lo_3 = tl.full([], lo, tl.float32)
+            hi_4 = tl.full([], hi, tl.float32)
+            clamp_5 = _clamp(bias_2, lo_3, hi_4)
+            gt_7 = clamp_5 > 0.0
+            mul_9 = 0.5 * clamp_5
+            where_10 = tl.where(gt_7, clamp_5, mul_9)
+            floor_11 = tl.load(
+                floor_ptr + (offs_m[:, None] * stride_floor_m + offs_n[None, :] * stride_floor_n),
+                mask=mask_mn,
+                other=0.0,
+            ).to(tl.float32)
+            max_12 = _maximum(where_10, floor_11)
+            ceiling_13 = tl.load(
+                ceiling_ptr + offs_n * stride_ceiling_n, mask=mask_n, other=0.0
+            ).to(tl.float32)[None, :]
+            min_14 = _minimum(max_12, ceiling_13)
+            sub_16 = min_14 - 0.25
+            relu_17 = tl.where(sub_16 < 0.0, 0.0, sub_16)
+            hardtanh_20 = _clamp(relu_17, -1.0, 1.0)
+            out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
+            tl.store(out_ptrs, hardtanh_20.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -431,6 +446,7 @@ def _launch(config, tma, x, weight, bias, ceiling, floor, lo, hi):
         FLATTEN=loop == "persistent",
         WIDE=_wide(x, weight, bias, out, ceiling, floor),
         UPCAST_DOT=_INTERPRET,
+        SUBTILES=2 if block_n >= 256 else 1,
         num_warps=num_warps,
         num_stages=num_stages,
     )

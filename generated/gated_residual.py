@@ -85,6 +85,7 @@ def gated_residual_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SUBTILES: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of gated_residual: GEMM, then the epilogue in registers."""
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
@@ -148,33 +149,47 @@ def gated_residual_kernel(
 
         # -- epilogue: fp32, in registers
         mask_m = offs_m < M
-        mask_n = offs_n < N
-        mask_mn = mask_m[:, None] & mask_n[None, :]
-        # src[gated_residual.fuse:8]: epilogue: mul(gamma); acc = alpha * silu(acc) + (1 - alpha) * gelu_tanh(acc); mul(gate); residual(residual_in)
-        gamma_1 = tl.load(gamma_ptr + offs_n * stride_gamma_n, mask=mask_n, other=0.0).to(
-            tl.float32
-        )[None, :]
-        mul_2 = acc * gamma_1
-        alpha_3 = tl.load(alpha_ptr).to(tl.float32)
-        silu_4 = mul_2 * _sigmoid(mul_2)
-        mul_5 = alpha_3 * silu_4
-        sub_7 = 1.0 - alpha_3
-        gelu_tanh_8 = _gelu_tanh(mul_2)
-        mul_9 = sub_7 * gelu_tanh_8
-        add_10 = mul_5 + mul_9
-        gate_11 = tl.load(gate_ptr + offs_m * stride_gate_m, mask=mask_m, other=0.0).to(tl.float32)[
-            :, None
-        ]
-        mul_12 = add_10 * gate_11
-        residual_in_13 = tl.load(
-            residual_in_ptr
-            + (offs_m[:, None] * stride_residual_in_m + offs_n[None, :] * stride_residual_in_n),
-            mask=mask_mn,
-            other=0.0,
-        ).to(tl.float32)
-        residual_14 = mul_12 + residual_in_13
-        out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-        tl.store(out_ptrs, residual_14.to(out_ptr.dtype.element_ty), mask=mask_mn)
+        acc_tile = acc
+        for subtile in tl.static_range(SUBTILES):
+            if SUBTILES == 1:
+                acc = acc_tile
+            else:  # Triton tutorial 09's epilogue subtiling
+                acc_halves = tl.permute(tl.reshape(acc_tile, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+                acc = tl.split(acc_halves)[subtile]
+            offs_n = (
+                pid_n * BLOCK_N
+                + subtile * (BLOCK_N // SUBTILES)
+                + tl.arange(0, BLOCK_N // SUBTILES)
+            )
+            if WIDE:
+                offs_n = offs_n.to(tl.int64)
+            mask_n = offs_n < N
+            mask_mn = mask_m[:, None] & mask_n[None, :]
+            # src[gated_residual.fuse:8]: epilogue: mul(gamma); acc = alpha * silu(acc) + (1 - alpha) * gelu_tanh(acc); mul(gate); residual(residual_in)
+            gamma_1 = tl.load(gamma_ptr + offs_n * stride_gamma_n, mask=mask_n, other=0.0).to(
+                tl.float32
+            )[None, :]
+            mul_2 = acc * gamma_1
+            alpha_3 = tl.load(alpha_ptr).to(tl.float32)
+            silu_4 = mul_2 * _sigmoid(mul_2)
+            mul_5 = alpha_3 * silu_4
+            sub_7 = 1.0 - alpha_3
+            gelu_tanh_8 = _gelu_tanh(mul_2)
+            mul_9 = sub_7 * gelu_tanh_8
+            add_10 = mul_5 + mul_9
+            gate_11 = tl.load(gate_ptr + offs_m * stride_gate_m, mask=mask_m, other=0.0).to(
+                tl.float32
+            )[:, None]
+            mul_12 = add_10 * gate_11
+            residual_in_13 = tl.load(
+                residual_in_ptr
+                + (offs_m[:, None] * stride_residual_in_m + offs_n[None, :] * stride_residual_in_n),
+                mask=mask_mn,
+                other=0.0,
+            ).to(tl.float32)
+            residual_14 = mul_12 + residual_in_13
+            out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
+            tl.store(out_ptrs, residual_14.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -424,6 +439,7 @@ def _launch(config, tma, x, weight, gamma, alpha, gate, residual_in):
         FLATTEN=loop == "persistent",
         WIDE=_wide(x, weight, out, gamma, alpha, gate, residual_in),
         UPCAST_DOT=_INTERPRET,
+        SUBTILES=2 if block_n >= 256 else 1,
         num_warps=num_warps,
         num_stages=num_stages,
     )

@@ -108,6 +108,7 @@ def gemm_scale_hardtanh_gelu_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SUBTILES: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of gemm_scale_hardtanh_gelu: GEMM, then the epilogue in registers."""
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
@@ -168,21 +169,35 @@ def gemm_scale_hardtanh_gelu_kernel(
 
         # -- epilogue: fp32, in registers
         mask_m = offs_m < M
-        mask_n = offs_n < N
-        mask_mn = mask_m[:, None] & mask_n[None, :]
-        # src[gemm_scale_hardtanh_gelu.fuse:7]: epilogue: bias; scale(scaling_factor); hardtanh(hardtanh_min, hardtanh_max); gelu
-        bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
-            None, :
-        ]
-        bias_2 = acc + bias_1
-        scaling_factor_3 = tl.full([], scaling_factor, tl.float32)
-        mul_4 = bias_2 * scaling_factor_3
-        hardtanh_min_5 = tl.full([], hardtanh_min, tl.float32)
-        hardtanh_max_6 = tl.full([], hardtanh_max, tl.float32)
-        hardtanh_7 = _clamp(mul_4, hardtanh_min_5, hardtanh_max_6)
-        gelu_8 = _gelu(hardtanh_7)
-        out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-        tl.store(out_ptrs, gelu_8.to(out_ptr.dtype.element_ty), mask=mask_mn)
+        acc_tile = acc
+        for subtile in tl.static_range(SUBTILES):
+            if SUBTILES == 1:
+                acc = acc_tile
+            else:  # Triton tutorial 09's epilogue subtiling
+                acc_halves = tl.permute(tl.reshape(acc_tile, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+                acc = tl.split(acc_halves)[subtile]
+            offs_n = (
+                pid_n * BLOCK_N
+                + subtile * (BLOCK_N // SUBTILES)
+                + tl.arange(0, BLOCK_N // SUBTILES)
+            )
+            if WIDE:
+                offs_n = offs_n.to(tl.int64)
+            mask_n = offs_n < N
+            mask_mn = mask_m[:, None] & mask_n[None, :]
+            # src[gemm_scale_hardtanh_gelu.fuse:7]: epilogue: bias; scale(scaling_factor); hardtanh(hardtanh_min, hardtanh_max); gelu
+            bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
+                tl.float32
+            )[None, :]
+            bias_2 = acc + bias_1
+            scaling_factor_3 = tl.full([], scaling_factor, tl.float32)
+            mul_4 = bias_2 * scaling_factor_3
+            hardtanh_min_5 = tl.full([], hardtanh_min, tl.float32)
+            hardtanh_max_6 = tl.full([], hardtanh_max, tl.float32)
+            hardtanh_7 = _clamp(mul_4, hardtanh_min_5, hardtanh_max_6)
+            gelu_8 = _gelu(hardtanh_7)
+            out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
+            tl.store(out_ptrs, gelu_8.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -429,6 +444,7 @@ def _launch(config, tma, x, weight, bias, scaling_factor, hardtanh_min, hardtanh
         FLATTEN=loop == "persistent",
         WIDE=_wide(x, weight, bias, out),
         UPCAST_DOT=_INTERPRET,
+        SUBTILES=2 if block_n >= 256 else 1,
         num_warps=num_warps,
         num_stages=num_stages,
     )

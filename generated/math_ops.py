@@ -85,6 +85,7 @@ def math_ops_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SUBTILES: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of math_ops: GEMM, then the epilogue in registers."""
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
@@ -146,38 +147,52 @@ def math_ops_kernel(
 
         # -- epilogue: fp32, in registers
         mask_m = offs_m < M
-        mask_n = offs_n < N
-        mask_mn = mask_m[:, None] & mask_n[None, :]
-        # src[math_ops.fuse:6]: epilogue: add(shift); acc = acc * rsqrt(square(acc) + 1); e = exp(neg(abs(acc))); acc = log(1 + e) + erf(acc) * tanh(acc) - sigmoid(acc) + sqrt(abs(acc) + eps); div(col_scale)
-        shift_1 = tl.load(shift_ptr + offs_n * stride_shift_n, mask=mask_n, other=0.0).to(
-            tl.float32
-        )[None, :]
-        add_2 = acc + shift_1
-        square_3 = add_2 * add_2
-        add_5 = square_3 + 1.0
-        rsqrt_6 = 1.0 / tl.sqrt_rn(add_5)
-        mul_7 = add_2 * rsqrt_6
-        abs_8 = tl.abs(mul_7)
-        neg_9 = abs_8 * -1.0
-        exp_10 = tl.exp(neg_9)
-        add_11 = 1.0 + exp_10
-        log_12 = tl.log(add_11)
-        erf_13 = tl.erf(mul_7)
-        tanh_14 = _tanh(mul_7)
-        mul_15 = erf_13 * tanh_14
-        add_16 = log_12 + mul_15
-        sigmoid_17 = _sigmoid(mul_7)
-        sub_18 = add_16 - sigmoid_17
-        eps_19 = tl.full([], eps, tl.float32)
-        add_20 = abs_8 + eps_19
-        sqrt_21 = tl.sqrt_rn(add_20)
-        add_22 = sub_18 + sqrt_21
-        col_scale_23 = tl.load(
-            col_scale_ptr + offs_n * stride_col_scale_n, mask=mask_n, other=0.0
-        ).to(tl.float32)[None, :]
-        div_24 = add_22 / col_scale_23
-        out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-        tl.store(out_ptrs, div_24.to(out_ptr.dtype.element_ty), mask=mask_mn)
+        acc_tile = acc
+        for subtile in tl.static_range(SUBTILES):
+            if SUBTILES == 1:
+                acc = acc_tile
+            else:  # Triton tutorial 09's epilogue subtiling
+                acc_halves = tl.permute(tl.reshape(acc_tile, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+                acc = tl.split(acc_halves)[subtile]
+            offs_n = (
+                pid_n * BLOCK_N
+                + subtile * (BLOCK_N // SUBTILES)
+                + tl.arange(0, BLOCK_N // SUBTILES)
+            )
+            if WIDE:
+                offs_n = offs_n.to(tl.int64)
+            mask_n = offs_n < N
+            mask_mn = mask_m[:, None] & mask_n[None, :]
+            # src[math_ops.fuse:6]: epilogue: add(shift); acc = acc * rsqrt(square(acc) + 1); e = exp(neg(abs(acc))); acc = log(1 + e) + erf(acc) * tanh(acc) - sigmoid(acc) + sqrt(abs(acc) + eps); div(col_scale)
+            shift_1 = tl.load(shift_ptr + offs_n * stride_shift_n, mask=mask_n, other=0.0).to(
+                tl.float32
+            )[None, :]
+            add_2 = acc + shift_1
+            square_3 = add_2 * add_2
+            add_5 = square_3 + 1.0
+            rsqrt_6 = 1.0 / tl.sqrt_rn(add_5)
+            mul_7 = add_2 * rsqrt_6
+            abs_8 = tl.abs(mul_7)
+            neg_9 = abs_8 * -1.0
+            exp_10 = tl.exp(neg_9)
+            add_11 = 1.0 + exp_10
+            log_12 = tl.log(add_11)
+            erf_13 = tl.erf(mul_7)
+            tanh_14 = _tanh(mul_7)
+            mul_15 = erf_13 * tanh_14
+            add_16 = log_12 + mul_15
+            sigmoid_17 = _sigmoid(mul_7)
+            sub_18 = add_16 - sigmoid_17
+            eps_19 = tl.full([], eps, tl.float32)
+            add_20 = abs_8 + eps_19
+            sqrt_21 = tl.sqrt_rn(add_20)
+            add_22 = sub_18 + sqrt_21
+            col_scale_23 = tl.load(
+                col_scale_ptr + offs_n * stride_col_scale_n, mask=mask_n, other=0.0
+            ).to(tl.float32)[None, :]
+            div_24 = add_22 / col_scale_23
+            out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
+            tl.store(out_ptrs, div_24.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -422,6 +437,7 @@ def _launch(config, tma, x, weight, shift, col_scale, eps):
         FLATTEN=loop == "persistent",
         WIDE=_wide(x, weight, out, shift, col_scale),
         UPCAST_DOT=_INTERPRET,
+        SUBTILES=2 if block_n >= 256 else 1,
         num_warps=num_warps,
         num_stages=num_stages,
     )

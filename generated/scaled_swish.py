@@ -111,6 +111,7 @@ def scaled_swish_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SUBTILES: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of scaled_swish: GEMM, then the epilogue in registers."""
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
@@ -171,30 +172,44 @@ def scaled_swish_kernel(
 
         # -- epilogue: fp32, in registers
         mask_m = offs_m < M
-        mask_n = offs_n < N
-        mask_mn = mask_m[:, None] & mask_n[None, :]
-        # src[scaled_swish.fuse:12]: epilogue: bias; z = acc; swish_beta(beta); soft_cap(temperature * 5); acc = acc + 0.1 * z
-        bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
-            None, :
-        ]
-        bias_2 = acc + bias_1
-        beta_3 = tl.full([], beta, tl.float32)
-        # src[scaled_swish.fuse:10]: def swish_beta(b) = acc * sigmoid(b * acc)
-        mul_4 = beta_3 * bias_2
-        sigmoid_5 = _sigmoid(mul_4)
-        mul_6 = bias_2 * sigmoid_5
-        # src[scaled_swish.fuse:12]: epilogue: bias; z = acc; swish_beta(beta); soft_cap(temperature * 5); acc = acc + 0.1 * z
-        temperature_7 = tl.load(temperature_ptr).to(tl.float32)
-        mul_9 = temperature_7 * 5.0
-        # src[scaled_swish.fuse:11]: def soft_cap(cap) = cap * tanh(acc / cap)
-        div_10 = mul_6 / mul_9
-        tanh_11 = _tanh(div_10)
-        mul_12 = mul_9 * tanh_11
-        # src[scaled_swish.fuse:12]: epilogue: bias; z = acc; swish_beta(beta); soft_cap(temperature * 5); acc = acc + 0.1 * z
-        mul_14 = 0.1 * bias_2
-        add_15 = mul_12 + mul_14
-        out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-        tl.store(out_ptrs, add_15.to(out_ptr.dtype.element_ty), mask=mask_mn)
+        acc_tile = acc
+        for subtile in tl.static_range(SUBTILES):
+            if SUBTILES == 1:
+                acc = acc_tile
+            else:  # Triton tutorial 09's epilogue subtiling
+                acc_halves = tl.permute(tl.reshape(acc_tile, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+                acc = tl.split(acc_halves)[subtile]
+            offs_n = (
+                pid_n * BLOCK_N
+                + subtile * (BLOCK_N // SUBTILES)
+                + tl.arange(0, BLOCK_N // SUBTILES)
+            )
+            if WIDE:
+                offs_n = offs_n.to(tl.int64)
+            mask_n = offs_n < N
+            mask_mn = mask_m[:, None] & mask_n[None, :]
+            # src[scaled_swish.fuse:12]: epilogue: bias; z = acc; swish_beta(beta); soft_cap(temperature * 5); acc = acc + 0.1 * z
+            bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
+                tl.float32
+            )[None, :]
+            bias_2 = acc + bias_1
+            beta_3 = tl.full([], beta, tl.float32)
+            # src[scaled_swish.fuse:10]: def swish_beta(b) = acc * sigmoid(b * acc)
+            mul_4 = beta_3 * bias_2
+            sigmoid_5 = _sigmoid(mul_4)
+            mul_6 = bias_2 * sigmoid_5
+            # src[scaled_swish.fuse:12]: epilogue: bias; z = acc; swish_beta(beta); soft_cap(temperature * 5); acc = acc + 0.1 * z
+            temperature_7 = tl.load(temperature_ptr).to(tl.float32)
+            mul_9 = temperature_7 * 5.0
+            # src[scaled_swish.fuse:11]: def soft_cap(cap) = cap * tanh(acc / cap)
+            div_10 = mul_6 / mul_9
+            tanh_11 = _tanh(div_10)
+            mul_12 = mul_9 * tanh_11
+            # src[scaled_swish.fuse:12]: epilogue: bias; z = acc; swish_beta(beta); soft_cap(temperature * 5); acc = acc + 0.1 * z
+            mul_14 = 0.1 * bias_2
+            add_15 = mul_12 + mul_14
+            out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
+            tl.store(out_ptrs, add_15.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -438,6 +453,7 @@ def _launch(config, tma, x, weight, bias, temperature, beta):
         FLATTEN=loop == "persistent",
         WIDE=_wide(x, weight, bias, out, temperature),
         UPCAST_DOT=_INTERPRET,
+        SUBTILES=2 if block_n >= 256 else 1,
         num_warps=num_warps,
         num_stages=num_stages,
     )

@@ -132,6 +132,10 @@ RESERVED: frozenset[str] = frozenset(
         "BLOCK_K",
         "GROUP_M",
         "UPCAST_DOT",
+        "SUBTILES",
+        "acc_tile",
+        "subtile",
+        "acc_halves",
         # the mainloops and their launch (issue 3)
         "TMA",
         "FLATTEN",

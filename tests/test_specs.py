@@ -41,3 +41,22 @@ def test_module_matches_its_spec(name: str) -> None:
     compiled, _ = committed(name)
     path = GENERATED / f"{compiled.kernel.name}.py"
     assert path.read_text() == compiled.source, f"{path} is stale: run `kgen build specs/*.fuse`"
+
+
+PLAIN_NAMES = [n for n in SPEC_NAMES if not committed(n)[0].kernel.row_ops]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", PLAIN_NAMES)
+def test_epilogue_in_two_halves(name: str, dtype: torch.dtype) -> None:
+    """256-column tiles run the epilogue on two halves in turn (SUBTILES = 2): every
+    spec's epilogue, at N on both sides of the half and of the tile."""
+    from kgen.tune import Shape, inputs
+
+    compiled, module = committed(name)
+    kernel = compiled.kernel
+    for N in (100, 300):
+        args, floats = inputs(kernel, Shape(5, N, 20), dtype, device="cpu", seed=N)
+        for loop in ("pointer", "persistent"):
+            out = run(module, kernel, (16, 256, 16, 1, 4, 2, loop), args, floats)
+            testing.assert_matches_reference(kernel, out, *args, **floats)
