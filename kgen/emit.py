@@ -104,13 +104,18 @@ def _strided(kernel: Kernel) -> list[Operand]:
     return bias + list(kernel.tensors)
 
 
-def _load(operand: Operand) -> str:
+def _load(
+    operand: Operand, cols: str = "offs_n", ok: str = "mask_n", tile_mask: str = "mask_mn"
+) -> str:
+    """An operand's fp32 load, in the shape of its kind. `cols`/`ok` name the output
+    columns and their mask, `tile_mask` the [BLOCK_M, BLOCK_N] mask (row operations
+    load at other column levels: kgen/rows.py)."""
     ptr = f"{operand.name}_ptr"
     if operand.kind is Kind.SCALAR:
         return f"tl.load({ptr}).to(tl.float32)"
     if operand.kind is Kind.COL:
         return (
-            f"tl.load({ptr} + offs_n * stride_{operand.name}_n, mask=mask_n, other=0.0)"
+            f"tl.load({ptr} + {cols} * stride_{operand.name}_n, mask={ok}, other=0.0)"
             ".to(tl.float32)[None, :]"
         )
     if operand.kind is Kind.ROW:
@@ -120,7 +125,8 @@ def _load(operand: Operand) -> str:
         )
     return (
         f"tl.load({ptr} + (offs_m[:, None] * stride_{operand.name}_m"
-        f" + offs_n[None, :] * stride_{operand.name}_n), mask=mask_mn, other=0.0).to(tl.float32)"
+        f" + {cols}[None, :] * stride_{operand.name}_n), mask={tile_mask}, other=0.0)"
+        ".to(tl.float32)"
     )
 
 
@@ -597,6 +603,21 @@ def _signature_args(kernel: Kernel) -> tuple[list[str], list[str]]:
     return positional, keywords
 
 
+def _descriptor_lines(w_shape: str, w_block: str) -> list[str]:
+    """The launcher's choice of mainloop: tensor descriptors where TMA can run and the
+    configuration asks for them (the persistent loop: a program per SM), else pointers."""
+    return [
+        "    x_desc = w_desc = None",
+        '    if loop == "pointer" or not tma:',
+        '        loop = "pointer"',
+        "    else:",
+        "        x_desc = TensorDescriptor(x, [M, K], [x.stride(0), 1], [block_m, block_k])",
+        f"        w_desc = TensorDescriptor(weight, {w_shape}, [weight.stride(0), 1], {w_block})",
+        '        if loop != "tma":  # persistent: a program per SM',
+        "            grid = min(grid, _device_info(x.device)[1])",
+    ]
+
+
 def _launcher(kernel: Kernel) -> str:
     positional, keywords = _signature_args(kernel)
     linear = kernel.gemm is Gemm.LINEAR
@@ -627,14 +648,7 @@ def _launcher(kernel: Kernel) -> str:
         "        return out",
         "    block_m, block_n, block_k, group_m, num_warps, num_stages, loop = config",
         "    grid = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)",
-        "    x_desc = w_desc = None",
-        '    if loop == "pointer" or not tma:',
-        '        loop = "pointer"',
-        "    else:",
-        "        x_desc = TensorDescriptor(x, [M, K], [x.stride(0), 1], [block_m, block_k])",
-        f"        w_desc = TensorDescriptor(weight, {w_shape}, [weight.stride(0), 1], {w_block})",
-        '        if loop != "tma":  # persistent: a program per SM',
-        "            grid = min(grid, _device_info(x.device)[1])",
+        *_descriptor_lines(w_shape, w_block),
         f"    {kernel.name}_kernel[(grid,)](",
         *(f"        {a}," for a in kernel_args),
         "        BLOCK_M=block_m,",
@@ -731,14 +745,7 @@ def _row_launch(
         "    row_stats = out  # (unused without a split)",
         "    if row_split >= 0:",
         f"        row_stats = torch.empty(({rows.stat_count(kernel)}, M, num_segs * seg_tiles), device=x.device, dtype=torch.float32)",
-        "    x_desc = w_desc = None",
-        '    if loop == "pointer" or not tma:',
-        '        loop = "pointer"',
-        "    else:",
-        "        x_desc = TensorDescriptor(x, [M, K], [x.stride(0), 1], [block_m, block_k])",
-        f"        w_desc = TensorDescriptor(weight, {w_shape}, [weight.stride(0), 1], {w_block})",
-        '        if loop != "tma":  # persistent: a program per SM',
-        "            grid = min(grid, _device_info(x.device)[1])",
+        *_descriptor_lines(w_shape, w_block),
         f"    wide_index = _wide({', '.join(tensors)})",
         f"    {kernel.name}_kernel[(grid,)](",
         *(f"        {a}," for a in gemm_args),

@@ -99,10 +99,10 @@ def trace(
     override: tuple[int, torch.Tensor] | None = None,
     stop: int | None = None,
 ) -> list[Any]:
-    """Every value of the epilogue (`epilogue` returns the stored one). `override`
-    replaces one instruction's value, and `hook` then sees only the values after it;
-    `stop` ends the evaluation at that instruction."""
-    """The epilogue on the accumulator `acc` ([M, N]), in acc's dtype.
+    """Every value of the epilogue on the accumulator `acc` ([M, N]), in acc's dtype
+    (`epilogue` returns the stored one). `override` replaces one instruction's value,
+    and `hook` then sees only the values after it; `stop` ends the evaluation at that
+    instruction.
 
     `hook`, if given, sees (and may replace) every numeric value after the
     accumulator -- operands, constants, op results: `kgen.testing` uses it to attach

@@ -286,25 +286,12 @@ class Writer:
             self.line(f"# src[{where}]: {text}")
 
     def load(self, operand: Operand) -> str:
-        ptr = f"{operand.name}_ptr"
-        if operand.kind is Kind.SCALAR:
-            return f"tl.load({ptr}).to(tl.float32)"
-        if operand.kind is Kind.ROW:
-            return (
-                f"tl.load({ptr} + offs_m * stride_{operand.name}_m, mask=mask_m, other=0.0)"
-                ".to(tl.float32)[:, None]"
-            )
+        """emit._load at the operand's column level (its pool)."""
+        if operand.kind in (Kind.SCALAR, Kind.ROW):  # no columns
+            return str(self._emit._load(operand))
         level = self.levels[operand.pool]
-        if operand.kind is Kind.COL:
-            return (
-                f"tl.load({ptr} + {level.gcol} * stride_{operand.name}_n, mask={level.ok}, "
-                "other=0.0).to(tl.float32)[None, :]"
-            )
-        return (
-            f"tl.load({ptr} + (offs_m[:, None] * stride_{operand.name}_m"
-            f" + {level.gcol}[None, :] * stride_{operand.name}_n), "
-            f"mask=mask_m[:, None] & {level.ok}[None, :], other=0.0).to(tl.float32)"
-        )
+        tile_mask = f"mask_m[:, None] & {level.ok}[None, :]"
+        return str(self._emit._load(operand, level.gcol, level.ok, tile_mask))
 
     def value(self, instr: Instr) -> None:
         """An elementwise IR value (const, arg, load or registry op)."""
