@@ -3,8 +3,9 @@
 `check(kernel, out, x, weight, ..., **floats)` compares a kernel's output with the
 float64 oracle (`kgen.reference`) and returns a `Mismatch` for the worst element, or
 None. The exact answer is f(acc): the epilogue f, in float64 with fp32's range (what
-overflows in the kernel overflows here too), of the exact GEMM acc. A correct kernel
-may differ from it in three ways, each bounded on its own:
+overflows in the kernel overflows here too, and what underflows to zero does), of the
+exact GEMM acc. A correct kernel may differ from it in three ways, each bounded on its
+own:
 
 1. **The GEMM.** fp32 accumulation -- and, for fp32 operands, the rounding of what the
    tensor cores see -- moves acc by at most
@@ -23,7 +24,9 @@ may differ from it in three ways, each bounded on its own:
    the epilogue computes or reads may be off by EPILOGUE_ULPS units of fp32 roundoff,
    relative; each error reaches the output scaled by the derivative of the output
    with respect to that value. One backward pass of the float64 reference gives all
-   of them for every element: sum_i |d out / d v_i| * |v_i| * EPILOGUE_ULPS * 2^-24.
+   of them for every element: sum_i |d out / d v_i| * |v_i| * EPILOGUE_ULPS * 2^-24,
+   with |v_i| raised by 2^-125 so that a value among fp32's subnormals, whose
+   rounding is absolute (steps of 2^-149), may be off by EPILOGUE_ULPS such steps.
    Tight (a few ulps) where the epilogue is well conditioned, wide where it amplifies
    rounding (cancellation, exp of a large value); deterministic, no luck involved.
    One registry op counts as one rounding, but its Triton helper may round several
@@ -34,8 +37,9 @@ may differ from it in three ways, each bounded on its own:
    OUTPUT_RTOL), and an absolute floor at the scale of its smallest values.
 
 An output is accepted if it lies in the hull of 1(a), rounded to the output dtype,
-widened by 1(b), 2 and 3. NaN or Inf is accepted only where an evaluation of 1(a)
-gives it; NaN never passes otherwise.
+widened by 1(b), 2 and 3 -- or, where values fall below fp32's normal range, near
+f(acc) evaluated with subnormals flushed to zero, as a GPU may. NaN or Inf is
+accepted only where one of these evaluations gives it; NaN never passes otherwise.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ GEMM_UNIT: dict[str, float] = {
 }
 LAMBDA = 4.0
 UNDERFLOW = 2.0**-126  # fp32's smallest normal value
+SUBNORMAL_STEP = 2.0**-125  # * 2^-24: 2^-149, the spacing of fp32's subnormals
 HULL_POINTS = 9
 EPILOGUE_ULPS = 8.0
 
@@ -92,6 +97,7 @@ PYTORCH_TOLERANCE: dict[torch.dtype, tuple[float, float]] = {
 }
 
 _FP32_MAX = torch.finfo(torch.float32).max
+_FP32_UNDER = 2.0**-150  # half fp32's smallest subnormal: rounds to zero
 
 
 @dataclass(frozen=True)
@@ -148,18 +154,32 @@ class _Case:
 
 
 def _fp32_range(value: torch.Tensor) -> torch.Tensor:
-    return torch.where(value.abs() > _FP32_MAX, value * math.inf, value)
+    """float64 with fp32's range: past FLT_MAX is Inf, and at most half the smallest
+    subnormal (2^-150) rounds to a signed zero, as it does in any fp32 arithmetic."""
+    value = torch.where(value.abs() > _FP32_MAX, value * math.inf, value)
+    return torch.where(value.abs() <= _FP32_UNDER, value * 0.0, value)
 
 
 def evaluations(kernel: Kernel, *args: Any, device: str = "cuda", **floats: Any) -> torch.Tensor:
-    """[1 + HULL_POINTS, M, N] float64: f(acc), then f at the points of 1(a) above."""
+    """[2 + HULL_POINTS, M, N] float64: f(acc), then f at the points of 1(a) above,
+    then f(acc) with subnormals flushed to zero."""
     return _evaluations(kernel, _Case.of(kernel, args, floats, device))
+
+
+def _flush(value: torch.Tensor) -> torch.Tensor:
+    """fp32's range on hardware that flushes subnormals (below 2^-126) to zero."""
+    value = _fp32_range(value)
+    return torch.where(value.abs() < UNDERFLOW, value * 0.0, value)
 
 
 def _evaluations(kernel: Kernel, case: _Case) -> torch.Tensor:
     steps = [2 * i / (HULL_POINTS - 1) - 1 for i in range(HULL_POINTS)]  # -1 .. 1
     accs = [case.acc] + [case.acc + t * case.delta for t in steps]
-    return torch.stack([reference.epilogue(kernel, a, case.operands, _fp32_range) for a in accs])
+    values = [reference.epilogue(kernel, a, case.operands, _fp32_range) for a in accs]
+    # the same with subnormals flushed, as GPUs and fused helpers may do: an
+    # intermediate below 2^-126 (gelu's Phi(x) of x < -13) can become 0, and log(0)
+    values.append(reference.epilogue(kernel, case.acc, case.operands, _flush))
+    return torch.stack(values)
 
 
 def error_bound(kernel: Kernel, *args: Any, device: str = "cuda", **floats: Any) -> torch.Tensor:
@@ -186,7 +206,10 @@ def _error_bound(kernel: Kernel, case: _Case) -> torch.Tensor:
     rounding = torch.zeros_like(case.acc)
     for error, value in terms:
         if error.grad is not None:
-            rounding += (error.grad.abs() * value.abs()).nan_to_num(nan=0.0)
+            # relative roundoff, and below fp32's normal range the absolute step of
+            # its subnormals (2^-149 = 2^-24 * SUBNORMAL_STEP)
+            size = value.abs() + SUBNORMAL_STEP
+            rounding += (error.grad.abs() * size).nan_to_num(nan=0.0)
     return gemm + rounding * EPILOGUE_ULPS * 2.0**-24
 
 

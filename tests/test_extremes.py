@@ -594,3 +594,23 @@ def test_gemm_underflow_is_within_the_oracles_bound() -> None:
         out = module.gated_residual(x, weight, gamma, alpha, gate, residual)
         args = (x, weight, gamma, alpha, gate, residual)
         assert testing.check(compiled.kernel, out, *args) is None
+
+
+def test_values_below_fp32s_range_are_zero_in_the_oracle(tmp_path: Path) -> None:
+    """A value the exact answer puts below fp32's smallest subnormal is 0 in the kernel,
+    and log(0) is -Inf: the oracle must say so too (a fresh clone's test_chains drew
+    `gelu; abs; residual(acc); abs; log`, exact -159.4, kernel -Inf)."""
+    from helpers import build_and_import
+
+    spec = "param a: float\nepilogue: bias; mul(a); mul(a); log\n"
+    compiled, module = build_and_import(spec, tmp_path)
+    fn = getattr(module, compiled.kernel.name)
+    gen = torch.Generator().manual_seed(0)
+    x, weight = torch.rand(3, 4, generator=gen) + 0.5, torch.rand(5, 4, generator=gen) + 0.5
+    bias = torch.rand(5, generator=gen)
+    out = fn(x, weight, bias, a=1e-30)  # acc ~ 2, acc * 1e-30 * 1e-30 ~ 1e-60: fp32 0
+    assert torch.isneginf(out).all()
+    assert testing.check(compiled.kernel, out, x, weight, bias, a=1e-30) is None
+    out = fn(x, weight, bias, a=1e-20)  # ~1e-40: a subnormal, log is finite
+    assert torch.isfinite(out).all()
+    assert testing.check(compiled.kernel, out, x, weight, bias, a=1e-20) is None
