@@ -167,8 +167,12 @@ def evaluations(kernel: Kernel, *args: Any, device: str = "cuda", **floats: Any)
 
 
 def _flush(value: torch.Tensor) -> torch.Tensor:
-    """fp32's range on hardware that flushes subnormals (below 2^-126) to zero."""
+    """fp32's range on hardware that flushes subnormal results (below 2^-126) to zero.
+    Scalars (params, constants) stay as given: an op's argument such as celu's alpha
+    has no flushed meaning (torch refuses alpha = 0)."""
     value = _fp32_range(value)
+    if value.dim() == 0:
+        return value
     return torch.where(value.abs() < UNDERFLOW, value * 0.0, value)
 
 

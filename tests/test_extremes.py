@@ -614,3 +614,7 @@ def test_values_below_fp32s_range_are_zero_in_the_oracle(tmp_path: Path) -> None
     out = fn(x, weight, bias, a=1e-20)  # ~1e-40: a subnormal, log is finite
     assert torch.isfinite(out).all()
     assert testing.check(compiled.kernel, out, x, weight, bias, a=1e-20) is None
+    # the flushed evaluation keeps scalar arguments: celu's alpha has no flushed meaning
+    compiled, module = build_and_import("param a: float\nepilogue: bias; celu(alpha=a)\n", tmp_path)
+    out = getattr(module, compiled.kernel.name)(x, weight, bias, a=5.1e-39)
+    assert testing.check(compiled.kernel, out, x, weight, bias, a=5.1e-39) is None
