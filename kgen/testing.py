@@ -14,12 +14,14 @@ own:
    Mary, SIAM J. Sci. Comput. 41(5), 2019; LAMBDA = 4 holds with probability
    > 1 - 1e-6 per element), plus what products and sums below fp32's normal range
    lose, which is absolute, not relative: up to UNDERFLOW = 2^-126 each when the
-   hardware flushes subnormals to zero (an epilogue that scales acc by 1e38 shows it). Through f that allows (a) anything between the least and
-   the greatest of f at HULL_POINTS evenly spaced points of [acc - delta, acc + delta]
-   (the ends included; f need not be monotonic there -- GELU has a minimum at -0.75,
-   and TF32's delta can span it), which places a jump of `where` or `relu` inside the
-   bound, and (b) |df/dacc| * delta more, which covers a kink between them (abs, sqrt
-   near 0) and what lies between two of the points.
+   hardware flushes subnormals to zero (an epilogue that scales acc by 1e38 shows it).
+   Through f that allows (a) anything between the least and the greatest finite f at
+   HULL_STEPS: HULL_POINTS evenly spaced points of [acc - delta, acc + delta] (the ends
+   included; f need not be monotonic there -- GELU has a minimum at -0.75, and TF32's
+   delta can span it) and four close to acc (f may be NaN in part of the range), which
+   places a jump of `where` or `relu` inside the bound, and (b) |df/dacc| * delta
+   more, which covers a kink between them (abs, sqrt near 0) and what lies between two
+   of the points.
 2. **The epilogue's fp32 arithmetic.** A first-order running error bound: every value
    the epilogue computes or reads may be off by EPILOGUE_ULPS units of fp32 roundoff,
    relative; each error reaches the output scaled by the derivative of the output
@@ -71,6 +73,13 @@ LAMBDA = 4.0
 UNDERFLOW = 2.0**-126  # fp32's smallest normal value
 SUBNORMAL_STEP = 2.0**-125  # * 2^-24: 2^-149, the spacing of fp32's subnormals
 HULL_POINTS = 9
+# 1(a)'s points, in units of delta: HULL_POINTS evenly spaced over [-1, 1], and four
+# close to acc, where f may be defined (finite) only near acc: 0 * tanh(acc / 0) is
+# NaN wherever acc < 0, and a correct acc a little off the exact one must still pass
+HULL_STEPS = (
+    *(2 * i / (HULL_POINTS - 1) - 1 for i in range(HULL_POINTS)),
+    *(-1 / 16, -1 / 64, 1 / 64, 1 / 16),
+)
 EPILOGUE_ULPS = 8.0
 
 # One unit in the last place of the output dtype, relative; and an absolute floor at
@@ -161,7 +170,7 @@ def _fp32_range(value: torch.Tensor) -> torch.Tensor:
 
 
 def evaluations(kernel: Kernel, *args: Any, device: str = "cuda", **floats: Any) -> torch.Tensor:
-    """[2 + HULL_POINTS, M, N] float64: f(acc), then f at the points of 1(a) above,
+    """[2 + len(HULL_STEPS), M, N] float64: f(acc), then f at the points of 1(a) above,
     then f(acc) with subnormals flushed to zero."""
     return _evaluations(kernel, _Case.of(kernel, args, floats, device))
 
@@ -177,8 +186,7 @@ def _flush(value: torch.Tensor) -> torch.Tensor:
 
 
 def _evaluations(kernel: Kernel, case: _Case) -> torch.Tensor:
-    steps = [2 * i / (HULL_POINTS - 1) - 1 for i in range(HULL_POINTS)]  # -1 .. 1
-    accs = [case.acc] + [case.acc + t * case.delta for t in steps]
+    accs = [case.acc] + [case.acc + t * case.delta for t in HULL_STEPS]
     values = [reference.epilogue(kernel, a, case.operands, _fp32_range) for a in accs]
     # the same with subnormals flushed, as GPUs and fused helpers may do: an
     # intermediate below 2^-126 (gelu's Phi(x) of x < -13) can become 0, and log(0)
@@ -436,8 +444,7 @@ class _Stage:
     def hull(
         self, centre: torch.Tensor, radius: torch.Tensor, shape: tuple[int, ...]
     ) -> torch.Tensor:
-        steps = [2 * i / (HULL_POINTS - 1) - 1 for i in range(HULL_POINTS)]
-        starts = [centre] + [centre + t * radius for t in steps]
+        starts = [centre] + [centre + t * radius for t in HULL_STEPS]
         return torch.stack([_fp32_range(self.at(s)).expand(shape) for s in starts])
 
     def bound(
