@@ -387,12 +387,12 @@ def _check_gemm(x, weight, linear):
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, loop); see kgen/configs.py
 _LOOPS = ("pointer", "tma", "persistent")
 _CONFIGS = {
-    "large_tma": (128, 256, 64, 8, 8, 3, "persistent"),
-    "large_tma_fp32": (128, 128, 32, 8, 8, 3, "persistent"),
-    "large": (128, 128, 64, 8, 8, 3, "pointer"),
-    "medium": (64, 64, 64, 8, 4, 3, "pointer"),
-    "few_rows": (32, 64, 64, 8, 4, 3, "pointer"),
-    "baseline": (64, 64, 32, 8, 4, 2, "pointer"),
+    "large_tma": (128, 256, 64, 8, 8, 3, "persistent", 1),
+    "large_tma_fp32": (128, 128, 32, 8, 8, 3, "persistent", 1),
+    "large": (128, 128, 64, 8, 8, 3, "pointer", 1),
+    "medium": (64, 64, 64, 8, 4, 3, "pointer", 1),
+    "few_rows": (32, 64, 64, 8, 4, 3, "pointer", 1),
+    "baseline": (64, 64, 32, 8, 4, 2, "pointer", 1),
 }
 
 
@@ -402,10 +402,11 @@ def _bucket(M: int, N: int, K: int) -> str:
 
 
 def _heuristic(
-    M: int, N: int, K: int, dtype: torch.dtype, tma: bool
-) -> tuple[int, int, int, int, int, int, str]:
+    M: int, N: int, K: int, dtype: torch.dtype, tma: bool, num_sms: int
+) -> tuple[int, int, int, int, int, int, str, int]:
     """A configuration for a shape nobody tuned: one of _CONFIGS, with BLOCK_K capped
-    for fp32 operands and for short K (tl.dot needs >= 16)."""
+    for fp32 operands and for short K (tl.dot needs >= 16), and K split while the
+    tiles leave at least half the SMs idle and every split keeps 4 or more k-steps."""
     if K <= 64:
         name = "baseline"
     elif triton.cdiv(M, 128) * triton.cdiv(N, 128) >= 128:
@@ -416,27 +417,33 @@ def _heuristic(
         name = "few_rows"
     else:
         name = "medium"
-    block_m, block_n, block_k, group_m, num_warps, num_stages, loop = _CONFIGS[name]
+    block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k = _CONFIGS[name]
     if dtype == torch.float32:
         block_k = min(block_k, 32)
     block_k = min(block_k, max(16, triton.next_power_of_2(K)))
-    return (block_m, block_n, block_k, group_m, num_warps, num_stages, loop)
+    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+    k_steps = triton.cdiv(K, block_k)
+    while split_k < 8 and tiles * split_k * 2 <= num_sms and k_steps >= 8 * split_k:
+        split_k *= 2
+    return (block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k)
 
 
 def _tuned(
     table: object, dtype: torch.dtype, bucket: str, tma: bool
-) -> tuple[int, int, int, int, int, int, str] | None:
+) -> tuple[int, int, int, int, int, int, str, int] | None:
     """The tuning file's configuration for this dtype and shape bucket (`table` is the
     file's entry for this GPU), if it is a usable one: a module must work whatever the
-    file holds, and a TMA configuration is no use where TMA cannot run."""
+    file holds, a TMA configuration is no use where TMA cannot run, and a persistent
+    loop does not split K."""
     by_dtype = table.get(str(dtype)[6:]) if isinstance(table, dict) else None
     config = by_dtype.get(bucket) if isinstance(by_dtype, dict) else None
     if (
         not isinstance(config, list)
-        or len(config) != 7
-        or not all(isinstance(v, int) and v > 0 for v in config[:6])
+        or len(config) != 8
+        or not all(isinstance(v, int) and v > 0 for v in (*config[:6], config[7]))
         or config[6] not in _LOOPS
         or (config[6] != "pointer" and not tma)
+        or (config[6] == "persistent" and config[7] != 1)
     ):
         return None
     return tuple(config)
@@ -599,7 +606,7 @@ def _choose(M, N, K, x, tma):
     if config is None:
         config = _tuned(_device_info(x.device)[0], x.dtype, _bucket(M, N, K), tma)
         if config is None:
-            config = _heuristic(M, N, K, x.dtype, tma)
+            config = _heuristic(M, N, K, x.dtype, tma, _device_info(x.device)[1])
         if len(_CHOSEN) > 4096:
             _CHOSEN.clear()
         _CHOSEN[key] = config
@@ -627,7 +634,8 @@ def _launch(config, tma, x, weight, bias, eps):
     out = torch.empty((M, N // 1), device=x.device, dtype=x.dtype)
     if out.numel() == 0:
         return out
-    block_m, block_n, block_k, group_m, num_warps, num_stages, loop = config
+    # (row kernels do not split K: the configuration's split_k is not used)
+    block_m, block_n, block_k, group_m, num_warps, num_stages, loop, _ = config
     row_split, tile_n, seg_n, seg_tiles, num_segs, row_block_n, row_consts, block_t = _row_plan(
         N, block_n
     )

@@ -46,6 +46,8 @@ def sigmoid_residual_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    split_partials_ptr,
+    split_counts_ptr,
     x_desc,
     w_desc,
     M,
@@ -68,6 +70,7 @@ def sigmoid_residual_kernel(
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     SUBTILES: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of sigmoid_residual: GEMM, then the epilogue in registers."""
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
@@ -78,6 +81,12 @@ def sigmoid_residual_kernel(
     num_tiles = num_pid_m * num_pid_n
     num_pid_in_group = GROUP_M * num_pid_n
     k_steps = tl.cdiv(K, BLOCK_K)
+    split_k_first = 0
+    split_k_end = k_steps
+    if SPLIT_K > 1:
+        split_k_per = tl.cdiv(k_steps, SPLIT_K)
+        split_k_first = tl.program_id(1) * split_k_per
+        split_k_end = tl.minimum(k_steps, split_k_first + split_k_per)
     offs_k = tl.arange(0, BLOCK_K)
     if WIDE:
         # some offset can pass 2^31 - 1: index arithmetic in int64
@@ -106,7 +115,7 @@ def sigmoid_residual_kernel(
         if TMA:
             # Tensor descriptors (Hopper's TMA copy engine): tiles arrive in shared
             # memory, with rows, columns and k past the edges filled with zeros.
-            for k_step in range(k_steps):
+            for k_step in range(split_k_first, split_k_end):
                 x_tile = x_desc.load([pid_m * BLOCK_M, k_step * BLOCK_K])
                 w_tile = w_desc.load([pid_n * BLOCK_N, k_step * BLOCK_K]).T
                 acc = _dot(x_tile, w_tile, acc, UPCAST_DOT)
@@ -118,7 +127,10 @@ def sigmoid_residual_kernel(
             offs_wn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
             x_ptrs = x_ptr + (offs_xm[:, None] * stride_xm + offs_k[None, :] * stride_xk)
             w_ptrs = weight_ptr + (offs_k[:, None] * stride_wk + offs_wn[None, :] * stride_wn)
-            for k_step in range(k_steps):
+            if SPLIT_K > 1:
+                x_ptrs += split_k_first * BLOCK_K * stride_xk
+                w_ptrs += split_k_first * BLOCK_K * stride_wk
+            for k_step in range(split_k_first, split_k_end):
                 k_mask = offs_k < K - k_step * BLOCK_K
                 x_tile = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
                 w_tile = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
@@ -126,8 +138,26 @@ def sigmoid_residual_kernel(
                 x_ptrs += BLOCK_K * stride_xk
                 w_ptrs += BLOCK_K * stride_wk
 
+        # -- split-K: the tile's last program to arrive adds the partial sums
+        split_last = True
+        if SPLIT_K > 1:
+            split_tile = split_partials_ptr + tile_id * (SPLIT_K * BLOCK_M * BLOCK_N)
+            split_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+            tl.store(split_tile + tl.program_id(1) * (BLOCK_M * BLOCK_N) + split_offs, acc)
+            tl.debug_barrier()
+            split_arrived = tl.atomic_add(split_counts_ptr + tile_id, 1, sem="acq_rel")
+            split_last = split_arrived == SPLIT_K - 1
+            if split_last:
+                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for split_s in tl.static_range(SPLIT_K):
+                    acc += tl.load(
+                        split_tile + split_s * (BLOCK_M * BLOCK_N) + split_offs,
+                        cache_modifier=".cg",
+                    )
+                tl.atomic_xchg(split_counts_ptr + tile_id, 0)
+
         # -- epilogue: fp32, in registers
-        mask_m = offs_m < M
+        mask_m = (offs_m < M) & split_last
         acc_tile = acc
         for subtile in tl.static_range(SUBTILES):
             if SUBTILES == 1:
@@ -213,12 +243,12 @@ def _check_gemm(x, weight, linear):
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, loop); see kgen/configs.py
 _LOOPS = ("pointer", "tma", "persistent")
 _CONFIGS = {
-    "large_tma": (128, 256, 64, 8, 8, 3, "persistent"),
-    "large_tma_fp32": (128, 128, 32, 8, 8, 3, "persistent"),
-    "large": (128, 128, 64, 8, 8, 3, "pointer"),
-    "medium": (64, 64, 64, 8, 4, 3, "pointer"),
-    "few_rows": (32, 64, 64, 8, 4, 3, "pointer"),
-    "baseline": (64, 64, 32, 8, 4, 2, "pointer"),
+    "large_tma": (128, 256, 64, 8, 8, 3, "persistent", 1),
+    "large_tma_fp32": (128, 128, 32, 8, 8, 3, "persistent", 1),
+    "large": (128, 128, 64, 8, 8, 3, "pointer", 1),
+    "medium": (64, 64, 64, 8, 4, 3, "pointer", 1),
+    "few_rows": (32, 64, 64, 8, 4, 3, "pointer", 1),
+    "baseline": (64, 64, 32, 8, 4, 2, "pointer", 1),
 }
 
 
@@ -228,10 +258,11 @@ def _bucket(M: int, N: int, K: int) -> str:
 
 
 def _heuristic(
-    M: int, N: int, K: int, dtype: torch.dtype, tma: bool
-) -> tuple[int, int, int, int, int, int, str]:
+    M: int, N: int, K: int, dtype: torch.dtype, tma: bool, num_sms: int
+) -> tuple[int, int, int, int, int, int, str, int]:
     """A configuration for a shape nobody tuned: one of _CONFIGS, with BLOCK_K capped
-    for fp32 operands and for short K (tl.dot needs >= 16)."""
+    for fp32 operands and for short K (tl.dot needs >= 16), and K split while the
+    tiles leave at least half the SMs idle and every split keeps 4 or more k-steps."""
     if K <= 64:
         name = "baseline"
     elif triton.cdiv(M, 128) * triton.cdiv(N, 128) >= 128:
@@ -242,30 +273,57 @@ def _heuristic(
         name = "few_rows"
     else:
         name = "medium"
-    block_m, block_n, block_k, group_m, num_warps, num_stages, loop = _CONFIGS[name]
+    block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k = _CONFIGS[name]
     if dtype == torch.float32:
         block_k = min(block_k, 32)
     block_k = min(block_k, max(16, triton.next_power_of_2(K)))
-    return (block_m, block_n, block_k, group_m, num_warps, num_stages, loop)
+    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+    k_steps = triton.cdiv(K, block_k)
+    while split_k < 8 and tiles * split_k * 2 <= num_sms and k_steps >= 8 * split_k:
+        split_k *= 2
+    return (block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k)
 
 
 def _tuned(
     table: object, dtype: torch.dtype, bucket: str, tma: bool
-) -> tuple[int, int, int, int, int, int, str] | None:
+) -> tuple[int, int, int, int, int, int, str, int] | None:
     """The tuning file's configuration for this dtype and shape bucket (`table` is the
     file's entry for this GPU), if it is a usable one: a module must work whatever the
-    file holds, and a TMA configuration is no use where TMA cannot run."""
+    file holds, a TMA configuration is no use where TMA cannot run, and a persistent
+    loop does not split K."""
     by_dtype = table.get(str(dtype)[6:]) if isinstance(table, dict) else None
     config = by_dtype.get(bucket) if isinstance(by_dtype, dict) else None
     if (
         not isinstance(config, list)
-        or len(config) != 7
-        or not all(isinstance(v, int) and v > 0 for v in config[:6])
+        or len(config) != 8
+        or not all(isinstance(v, int) and v > 0 for v in (*config[:6], config[7]))
         or config[6] not in _LOOPS
         or (config[6] != "pointer" and not tma)
+        or (config[6] == "persistent" and config[7] != 1)
     ):
         return None
     return tuple(config)
+
+
+_SPLIT_COUNTS = {}  # (device, stream) -> split-K arrival counters, zero between launches
+
+
+def _split_counts(device, tiles):
+    """Split-K arrival counters, one per tile, for launches on the current stream.
+    Launches on one stream run in order and each tile's last program resets its
+    counter, so one zeroed buffer serves them all; a stream being captured into a CUDA
+    graph gets its own (the graph owns that memory)."""
+    if _INTERPRET:
+        key = (device, None)
+    else:
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros(tiles, device=device, dtype=torch.int32)
+        key = (device, torch.cuda.current_stream(device).cuda_stream)
+    counts = _SPLIT_COUNTS.get(key)
+    if counts is None or counts.numel() < tiles:
+        counts = torch.zeros(max(tiles, 1024), device=device, dtype=torch.int32)
+        _SPLIT_COUNTS[key] = counts
+    return counts
 
 
 _TUNING_FILE = os.path.join(
@@ -338,7 +396,7 @@ def _choose(M, N, K, x, tma):
     if config is None:
         config = _tuned(_device_info(x.device)[0], x.dtype, _bucket(M, N, K), tma)
         if config is None:
-            config = _heuristic(M, N, K, x.dtype, tma)
+            config = _heuristic(M, N, K, x.dtype, tma, _device_info(x.device)[1])
         if len(_CHOSEN) > 4096:
             _CHOSEN.clear()
         _CHOSEN[key] = config
@@ -361,7 +419,7 @@ def _launch(config, tma, x, weight, bias, scale):
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if M == 0 or N == 0:
         return out
-    block_m, block_n, block_k, group_m, num_warps, num_stages, loop = config
+    block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k = config
     grid = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
     x_desc = w_desc = None
     if loop == "pointer" or not tma:
@@ -371,11 +429,21 @@ def _launch(config, tma, x, weight, bias, scale):
         w_desc = TensorDescriptor(weight, [N, K], [weight.stride(0), 1], [block_n, block_k])
         if loop != "tma":  # persistent: a program per SM
             grid = min(grid, _device_info(x.device)[1])
-    sigmoid_residual_kernel[(grid,)](
+    if loop == "persistent" or grid * split_k * block_m * block_n >= 2**31:
+        split_k = 1  # (a tuning file's entry may ask; int32 workspace offsets)
+    split_partials = split_counts = out  # (unused without split-K)
+    if split_k > 1:
+        split_partials = torch.empty(
+            grid * split_k * block_m * block_n, device=x.device, dtype=torch.float32
+        )
+        split_counts = _split_counts(x.device, grid)
+    sigmoid_residual_kernel[(grid, split_k)](
         x,
         weight,
         bias,
         out,
+        split_partials,
+        split_counts,
         x_desc,
         w_desc,
         M,
@@ -398,6 +466,7 @@ def _launch(config, tma, x, weight, bias, scale):
         WIDE=_wide(x, weight, bias, out),
         UPCAST_DOT=_INTERPRET,
         SUBTILES=2 if block_n >= 256 else 1,
+        SPLIT_K=split_k,
         num_warps=num_warps,
         num_stages=num_stages,
     )

@@ -24,7 +24,8 @@ Rules (ids are stable):
   launching function allocates (torch.empty/_like, zeros, ones, full, `t.new_*`;
   directly or through `TensorDescriptor(...)`) and reads after the launch (returns,
   saves for backward, passes on; a scratch or lock buffer that is not read again is no
-  output); 1 if no launch shows one. Stores are followed textually along every path: a
+  output, and a store that writes only such a buffer, as a split-K partial sum does, is
+  not counted); 1 if no launch shows one. Stores are followed textually along every path: a
   store in a loop counts once, an `if`/`else` forks the path, a jit helper's stores
   count at each call. A finding: the path with the most stores has more than there are
   outputs, or no store at all; a path stores to one pointer parameter twice; an output
@@ -40,7 +41,10 @@ Rules (ids are stable):
   integer-valued parameters (in `*`, `//`, `%`, comparisons, `range`, `tl.cdiv`) are
   never bases. Statement order: a statement's loads come before its stores, `if` and
   `else` are separate paths, and loop-carried reuse (a load at the top of a loop body
-  after a store at its bottom) is not caught. Reported at the load.
+  after a store at its bottom) is not caught. An atomic with `sem="acquire"` or
+  `"acq_rel"` between the store and the load is a hand-off between programs (a split-K
+  tile's last program reads the partial sums the others published): no finding.
+  Reported at the load.
 - `pow2-block`: a literal block size that is not a power of two: the default of a
   `BLOCK*: tl.constexpr` parameter, a `BLOCK*` key in `triton.Config({...})`, a
   `BLOCK*=` launch keyword (a literal, or a name bound to one), or a module-level
@@ -476,6 +480,7 @@ class Outputs:
     names: list[str]  # the launcher's tensors
     params: list[str | None]  # the kernel parameters they arrive in (None: not known)
     line: int  # the launch
+    scratch: set[str] = field(default_factory=set)  # parameters given unread allocations
 
 
 def _outputs(m: Module, kernel: Function) -> Outputs | None:
@@ -496,6 +501,8 @@ def _outputs(m: Module, kernel: Function) -> Outputs | None:
             if name is not None and name in used and name not in outs.names:
                 outs.names.append(name)
                 outs.params.append(param)
+            elif name is not None and name not in used and param is not None:
+                outs.scratch.add(param)
         if outs.names and (best is None or len(outs.names) > len(best.names)):
             best = outs
     return best
@@ -503,8 +510,12 @@ def _outputs(m: Module, kernel: Function) -> Outputs | None:
 
 def rule_store_count(m: Module) -> Iterator[Problem]:
     for fn in m.kernels():
-        paths = _store_paths(m, fn)
         outputs = _outputs(m, fn)
+        scratch = outputs.scratch if outputs is not None else set()
+        paths = [
+            [(line, written) for line, written in path if not written or not written <= scratch]
+            for path in _store_paths(m, fn)
+        ]
         n = 1 if outputs is None else len(outputs.names)
         if outputs is None:
             why = "is assumed to have 1 output (no launch shows the outputs it allocates)"
@@ -617,6 +628,13 @@ def _accesses(
             continue
         f = c.func
         name = m.called(c)
+        sem = next((k.value for k in c.keywords if k.arg == "sem"), None)
+        if (
+            (name or "").startswith(f"{TL}.atomic_")
+            and isinstance(sem, ast.Constant)
+            and sem.value in ("acquire", "acq_rel")
+        ):
+            found.append(("sync", c.lineno, set()))
         for kind in ("load", "store"):
             target = f.value if isinstance(f, ast.Attribute) and f.attr == kind else None
             if name in {f"{TL}.{kind}", f"{TL}.{kind}_tensor_descriptor"} and c.args:
@@ -633,7 +651,8 @@ def _accesses(
                 used = {b for p in effects[kind] if p in args for b in bases.of(args[p])}
                 if used:
                     found.append((kind, c.lineno, used))
-    return sorted(found, key=lambda access: access[0] != "load")
+    order = {"load": 0, "store": 1, "sync": 2}
+    return sorted(found, key=lambda access: order[access[0]])
 
 
 def _effects(m: Module, helper: Function, stack: tuple[str, ...]) -> dict[str, set[str]]:
@@ -643,7 +662,8 @@ def _effects(m: Module, helper: Function, stack: tuple[str, ...]) -> dict[str, s
         effects: dict[str, set[str]] = {"load": set(), "store": set()}
         for stmt in helper.body:
             for kind, _, used in _accesses(m, helper, stmt, bases, stack):
-                effects[kind] |= used
+                if kind != "sync":
+                    effects[kind] |= used
         m.effects[helper.name] = effects
     return m.effects[helper.name]
 
@@ -658,6 +678,8 @@ def _store_then_load(m: Module, fn: Function) -> Iterator[Problem]:
 
     def visit(node: ast.AST, stored: dict[str, int]) -> Iterator[Problem]:
         for kind, line, used in _accesses(m, fn, node, bases):
+            if kind == "sync":  # what was stored before is another program's to read
+                stored.clear()
             for base in sorted(used):
                 if kind == "store":
                     stored.setdefault(base, line)

@@ -224,6 +224,59 @@ _EPILOGUE_MASKS = (
     "        mask_n = offs_n < N\n        mask_mn = mask_m[:, None] & mask_n[None, :]\n"
 )
 
+# Split-K (kgen/configs.py; kernels without row operations): program (t, s) of the
+# (tiles, SPLIT_K) grid sums k-steps [s * per, (s + 1) * per) of tile t. With SPLIT_K = 1
+# the branches fold away at compile time and the loops are the plain ones.
+_SPLIT_K_LOOP = [
+    (
+        "    k_steps = tl.cdiv(K, BLOCK_K)\n",
+        "    k_steps = tl.cdiv(K, BLOCK_K)\n"
+        "    split_k_first = 0\n"
+        "    split_k_end = k_steps\n"
+        "    if SPLIT_K > 1:\n"
+        "        split_k_per = tl.cdiv(k_steps, SPLIT_K)\n"
+        "        split_k_first = tl.program_id(1) * split_k_per\n"
+        "        split_k_end = tl.minimum(k_steps, split_k_first + split_k_per)\n",
+    ),
+    (
+        "            for k_step in range(k_steps):\n                x_tile = x_desc",
+        "            for k_step in range(split_k_first, split_k_end):\n                x_tile = x_desc",
+    ),
+    (
+        "            for k_step in range(k_steps):\n                k_mask",
+        "            if SPLIT_K > 1:\n"
+        "                x_ptrs += split_k_first * BLOCK_K * stride_xk\n"
+        "                w_ptrs += split_k_first * BLOCK_K * stride_wk\n"
+        "            for k_step in range(split_k_first, split_k_end):\n                k_mask",
+    ),
+]
+# The hand-off: every program stores its fp32 partial sum to the workspace (scratch,
+# never read after the launch) and counts itself in on the tile's counter (release:
+# after the barrier, the whole block's stores are visible first); the program that
+# arrives last (acquire) adds the partials in split order, so the sum does not depend on
+# who came last, resets the counter for the next launch, and alone stores the result:
+# the others' stores are masked off. (Not `if split_last:` around the epilogue: the
+# subtiles redefine offs_n and acc with other shapes, which a run-time `if` cannot do.)
+# Partials are read through L2 (.cg), never a stale L1 line.
+_SPLIT_K_FIXUP = """
+        # -- split-K: the tile's last program to arrive adds the partial sums
+        split_last = True
+        if SPLIT_K > 1:
+            split_tile = split_partials_ptr + tile_id * (SPLIT_K * BLOCK_M * BLOCK_N)
+            split_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+            tl.store(split_tile + tl.program_id(1) * (BLOCK_M * BLOCK_N) + split_offs, acc)
+            tl.debug_barrier()
+            split_arrived = tl.atomic_add(split_counts_ptr + tile_id, 1, sem="acq_rel")
+            split_last = split_arrived == SPLIT_K - 1
+            if split_last:
+                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for split_s in tl.static_range(SPLIT_K):
+                    acc += tl.load(split_tile + split_s * (BLOCK_M * BLOCK_N) + split_offs, cache_modifier=".cg")
+                tl.atomic_xchg(split_counts_ptr + tile_id, 0)
+
+        # -- epilogue: fp32, in registers
+"""
+
 _W_DESC_LOAD = {
     # linear: weight is [N, K], its descriptor's blocks [BLOCK_N, BLOCK_K]
     Gemm.LINEAR: "w_desc.load([pid_n * BLOCK_N, k_step * BLOCK_K]).T",
@@ -374,13 +427,14 @@ def _kernel(kernel: Kernel) -> str:
     sizes = ["M", "N", "K"] + (
         ["tile_n", "seg_n", "seg_tiles", "num_segs"] if kernel.row_ops else []
     )
-    params = [*_pointer_args(kernel), "x_desc", "w_desc", *sizes, *strides]
+    scratch = [] if kernel.row_ops else ["split_partials_ptr", "split_counts_ptr"]
+    params = [*_pointer_args(kernel), *scratch, "x_desc", "w_desc", *sizes, *strides]
     params += [f.name for f in kernel.floats]
     params += [f"{c}: tl.constexpr" for c in _CONSTEXPRS]
     if kernel.row_ops:
         params += [f"{c}: tl.constexpr" for c in _row_constexprs(kernel)]
     else:
-        params.append("SUBTILES: tl.constexpr")
+        params += ["SUBTILES: tl.constexpr", "SPLIT_K: tl.constexpr"]
     head = [
         "@triton.jit",
         f"def {kernel.name}_kernel(",
@@ -399,9 +453,16 @@ def _kernel(kernel: Kernel) -> str:
             assert body.count(old) <= 1, old  # one of the descriptor loads is there
             body = body.replace(old, new)
     else:
-        assert body.endswith(_EPILOGUE_MASKS)
-        body = body[: -len(_EPILOGUE_MASKS)] + _SUBTILE
-        epilogue = [f"    {line}" for line in epilogue]  # inside the subtile loop
+        for old, new in _SPLIT_K_LOOP:
+            assert body.count(old) == 1, old
+            body = body.replace(old, new)
+        head_of_epilogue = (
+            "        # -- epilogue: fp32, in registers\n        mask_m = offs_m < M\n"
+        )
+        assert body.endswith(head_of_epilogue + _EPILOGUE_MASKS)
+        body = body[: -len(head_of_epilogue + _EPILOGUE_MASKS)] + _SPLIT_K_FIXUP
+        epilogue = ["        mask_m = (offs_m < M) & split_last", *_SUBTILE.splitlines()]
+        epilogue += [f"    {line}" for line in _epilogue(kernel)]  # inside the subtile loop
     text = "\n".join([*head, body.strip("\n"), *epilogue]) + "\n"
     if rows.finish_needed(kernel):
         text += "\n\n" + _finish_kernel(kernel)
@@ -576,7 +637,7 @@ def _choose(M, N, K, x, tma):
     if config is None:
         config = _tuned(_device_info(x.device)[0], x.dtype, _bucket(M, N, K), tma)
         if config is None:
-            config = _heuristic(M, N, K, x.dtype, tma)
+            config = _heuristic(M, N, K, x.dtype, tma, _device_info(x.device)[1])
         if len(_CHOSEN) > 4096:
             _CHOSEN.clear()
         _CHOSEN[key] = config
@@ -589,6 +650,29 @@ def _wide(*tensors):
         if sum((n - 1) * s for n, s in zip(t.shape, t.stride())) >= 2**31 - 1:
             return True
     return False
+"""
+
+
+_SPLIT_COUNTS = """
+_SPLIT_COUNTS = {}  # (device, stream) -> split-K arrival counters, zero between launches
+
+
+def _split_counts(device, tiles):
+    \"\"\"Split-K arrival counters, one per tile, for launches on the current stream.
+    Launches on one stream run in order and each tile's last program resets its
+    counter, so one zeroed buffer serves them all; a stream being captured into a CUDA
+    graph gets its own (the graph owns that memory).\"\"\"
+    if _INTERPRET:
+        key = (device, None)
+    else:
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros(tiles, device=device, dtype=torch.int32)
+        key = (device, torch.cuda.current_stream(device).cuda_stream)
+    counts = _SPLIT_COUNTS.get(key)
+    if counts is None or counts.numel() < tiles:
+        counts = torch.zeros(max(tiles, 1024), device=device, dtype=torch.int32)
+        _SPLIT_COUNTS[key] = counts
+    return counts
 """
 
 
@@ -635,6 +719,8 @@ def _launcher(kernel: Kernel) -> str:
     tensors = ["x", "weight"] + (["bias"] if kernel.has_bias else []) + ["out"]
     tensors += [t.name for t in kernel.tensors]
     kernel_args = [*tensors, "x_desc", "w_desc", "M", "N", "K", *strides, *floats]
+    plain_args = list(kernel_args)
+    plain_args.insert(plain_args.index("x_desc"), "split_partials, split_counts")
     w_block = "[block_n, block_k]" if linear else "[block_k, block_n]"
     w_shape = "[N, K]" if linear else "[K, N]"
     run = [
@@ -646,11 +732,19 @@ def _launcher(kernel: Kernel) -> str:
         f"    out = torch.empty((M, N), device=x.device, dtype={out_dtype})",
         "    if M == 0 or N == 0:",
         "        return out",
-        "    block_m, block_n, block_k, group_m, num_warps, num_stages, loop = config",
+        "    block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k = config",
         "    grid = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)",
         *_descriptor_lines(w_shape, w_block),
-        f"    {kernel.name}_kernel[(grid,)](",
-        *(f"        {a}," for a in kernel_args),
+        '    if loop == "persistent" or grid * split_k * block_m * block_n >= 2**31:',
+        "        split_k = 1  # (a tuning file's entry may ask; int32 workspace offsets)",
+        "    split_partials = split_counts = out  # (unused without split-K)",
+        "    if split_k > 1:",
+        "        split_partials = torch.empty(",
+        "            grid * split_k * block_m * block_n, device=x.device, dtype=torch.float32",
+        "        )",
+        "        split_counts = _split_counts(x.device, grid)",
+        f"    {kernel.name}_kernel[(grid, split_k)](",
+        *(f"        {a}," for a in plain_args),
         "        BLOCK_M=block_m,",
         "        BLOCK_N=block_n,",
         "        BLOCK_K=block_k,",
@@ -660,6 +754,7 @@ def _launcher(kernel: Kernel) -> str:
         f"        WIDE=_wide({', '.join(tensors)}),",
         "        UPCAST_DOT=_INTERPRET,",
         "        SUBTILES=2 if block_n >= 256 else 1,",
+        "        SPLIT_K=split_k,",
         "        num_warps=num_warps,",
         "        num_stages=num_stages,",
         "    )",
@@ -731,7 +826,8 @@ def _row_launch(
     lines += [
         "    if out.numel() == 0:",
         f"        return out{view}",
-        "    block_m, block_n, block_k, group_m, num_warps, num_stages, loop = config",
+        "    # (row kernels do not split K: the configuration's split_k is not used)",
+        "    block_m, block_n, block_k, group_m, num_warps, num_stages, loop, _ = config",
         "    row_split, tile_n, seg_n, seg_tiles, num_segs, row_block_n, row_consts, block_t = _row_plan(N, block_n)",
         "    if row_block_n > block_n:",
         "        # a whole row in one tile: fewer rows, as many accumulator registers, and a",
@@ -934,6 +1030,7 @@ def emit_module(kernel: Kernel) -> str:
         _RUNTIME.strip("\n"),
         configs.source().strip("\n"),
         rows.plan_source(kernel) if kernel.row_ops else "",
+        "" if kernel.row_ops else _SPLIT_COUNTS.strip("\n"),
         _SELECT.format(tuning_file=f"{kernel.name}.tuning.json").strip("\n"),
         _launcher(kernel),
         _module_class(kernel),

@@ -184,7 +184,11 @@ def tune_case(
     tma = module._tma_ready(args[0], args[1])
     num_sms = module._device_info(args[0].device)[1]  # what a persistent launch uses
     cands = configs.candidates(shape.M, shape.N, shape.K, dtype, tma, num_sms)
-    default = tuple(module._heuristic(shape.M, shape.N, shape.K, dtype, tma))
+    if kernel.row_ops:  # row kernels do not split K (kgen/configs.py)
+        cands = [c for c in cands if c[7] == 1]
+    default = tuple(module._heuristic(shape.M, shape.N, shape.K, dtype, tma, num_sms))
+    if kernel.row_ops:
+        default = (*default[:7], 1)
     if default not in cands:
         cands = [*cands, default]
     results = compile_all(module, kernel, cands, args, values, tma)

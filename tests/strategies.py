@@ -55,17 +55,21 @@ BLOCKS = (16, 32, 64, 128)
 # On the GPU every distinct configuration is a compile: draw from a fixed pool.
 GPU_MAX_SIZE = 600
 GPU_CONFIGS = [
-    (16, 16, 16, 1, 4, 2, "pointer"),
-    (32, 64, 32, 2, 4, 3, "pointer"),
-    (64, 64, 64, 8, 4, 3, "pointer"),
-    (64, 128, 32, 8, 8, 3, "pointer"),
-    (128, 128, 64, 8, 8, 3, "pointer"),
-    (128, 64, 32, 4, 4, 2, "pointer"),
-    (64, 64, 64, 8, 4, 3, "tma"),
-    (32, 32, 64, 1, 4, 2, "tma"),
-    (128, 128, 64, 8, 8, 3, "persistent"),
-    (128, 256, 32, 8, 8, 3, "persistent"),
-    (64, 128, 64, 4, 4, 3, "persistent"),
+    (16, 16, 16, 1, 4, 2, "pointer", 1),
+    (32, 64, 32, 2, 4, 3, "pointer", 1),
+    (64, 64, 64, 8, 4, 3, "pointer", 1),
+    (64, 128, 32, 8, 8, 3, "pointer", 1),
+    (128, 128, 64, 8, 8, 3, "pointer", 1),
+    (128, 64, 32, 4, 4, 2, "pointer", 1),
+    (64, 64, 64, 8, 4, 3, "tma", 1),
+    (32, 32, 64, 1, 4, 2, "tma", 1),
+    (128, 128, 64, 8, 8, 3, "persistent", 1),
+    (128, 256, 32, 8, 8, 3, "persistent", 1),
+    (64, 128, 64, 4, 4, 3, "persistent", 1),
+    # split-K (kgen/configs.py)
+    (32, 32, 64, 1, 4, 3, "pointer", 4),
+    (64, 64, 32, 8, 4, 3, "tma", 2),
+    (16, 16, 16, 1, 4, 2, "pointer", 8),
 ]
 
 
@@ -100,7 +104,10 @@ def configs(draw: st.DrawFn, M: int, N: int, K: int, device: str) -> tuple[int, 
     bm, bn, bk = draw(st.sampled_from(choices))
     group_m = draw(st.sampled_from([1, 2, 8]))
     warps, stages = draw(st.sampled_from([4, 8])), draw(st.sampled_from([2, 3]))
-    return (bm, bn, bk, group_m, warps, stages, draw(st.sampled_from(LOOPS)))
+    loop = draw(st.sampled_from(LOOPS))
+    # split-K: any count works, more splits than k-steps included (empty splits add 0)
+    split_k = 1 if loop == "persistent" else draw(st.sampled_from([1, 1, 2, 3]))
+    return (bm, bn, bk, group_m, warps, stages, loop, split_k)
 
 
 def column_multiple(kernel: Kernel) -> int:

@@ -346,6 +346,47 @@ def test_store_count_lets_modes_store_different_outputs():
     assert f.rule == "store-count" and "stores to `stats_ptr` twice on one path" in f.message
 
 
+SPLIT_K = """\
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def k(x_ptr, out_ptr, partials_ptr, counts_ptr, SPLIT_K: tl.constexpr):
+    offs = tl.arange(0, 16)
+    part = tl.load(x_ptr + tl.program_id(1) * 16 + offs)
+    tl.store(partials_ptr + tl.program_id(1) * 16 + offs, part)
+    tl.debug_barrier()
+    arrived = tl.atomic_add(counts_ptr, 1, sem="acq_rel")
+    if arrived == SPLIT_K - 1:
+        total = tl.zeros([16], dtype=tl.float32)
+        for s in tl.static_range(SPLIT_K):
+            total += tl.load(partials_ptr + s * 16 + offs)
+        tl.store(out_ptr + offs, total)
+
+
+def f(x, counts):
+    out = torch.empty(16, device=x.device)
+    partials = torch.empty(64, device=x.device)
+    k[(1, 4)](x, out, partials, counts, SPLIT_K=4)
+    return out
+"""
+
+
+def test_split_k_hand_off_is_no_finding():
+    """Partial sums stored to a scratch buffer (allocated, never read after the launch)
+    are not an output's store, and reading them back after an acquiring atomic is the
+    hand-off, not a reload: no finding. Without the atomic's `sem` the reload is a
+    finding, and a second store to the output still is one."""
+    assert found(SPLIT_K) == []
+    text = plant(', sem="acq_rel")', ")", SPLIT_K)
+    assert [rule for _, rule in found(text)] == ["store-then-load"]
+    old = "    tl.debug_barrier()\n"
+    text = plant(old, "    tl.store(out_ptr + offs, part)\n" + old, SPLIT_K)
+    assert [rule for _, rule in found(text)] == ["store-count"]
+
+
 DESCRIPTORS = """\
 import torch
 import triton

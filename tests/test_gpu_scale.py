@@ -82,7 +82,7 @@ def test_offsets_past_2_31(M: int, N: int, K: int, loop: str) -> None:
     assert max(x.numel(), M * N) > 2**31
     tma = module._tma_ready(x, weight)
     assert tma
-    config = (64, 64, 16 if K == 16 else 64, 8, 4, 3, loop)
+    config = (64, 64, 16 if K == 16 else 64, 8, 4, 3, loop, 1)
     out = module._launch(config, tma, x, weight, bias, 2.0)
     rows = torch.cat([torch.arange(0, 64), torch.randint(0, M, (64,)), torch.arange(M - 64, M)])
     rows = rows.to("cuda")

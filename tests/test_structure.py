@@ -9,6 +9,7 @@ import re
 
 import pytest
 import torch
+import triton
 from helpers import GENERATED, SPECS, committed
 from hypothesis import given
 from hypothesis import strategies as st
@@ -47,7 +48,10 @@ def test_one_kernel_one_store(path) -> None:
         # kgen check's store-count rule holds them to their outputs (tests/test_check.py).
         assert len(_calls(kernel, "tl.store")) <= 3
     else:
-        assert len(_calls(kernel, "tl.store")) == 1
+        # one store of the output; split-K's partial sums go to the scratch workspace
+        stores = [ast.unparse(c.args[0]) for c in _calls(kernel, "tl.store")]
+        partials = [s for s in stores if s.startswith("split_tile + ")]
+        assert len(partials) == 1 and len(stores) == 2
     # no store-then-load: the output pointer is never read
     assert all("out_ptr" not in ast.unparse(c) for c in _calls(kernel, "tl.load"))
     for helper in jit:
@@ -109,11 +113,14 @@ def test_chosen_config_is_a_candidate(
     assert configs.is_valid(chosen)
     assert tma or chosen[6] == "pointer"
     assert any(
-        chosen[:2] == c[:2] and chosen[3:] == c[3:] and chosen[2] <= c[2]
+        chosen[:2] == c[:2] and chosen[3:7] == c[3:7] and chosen[2] <= c[2]
         for c in configs.CONFIGS.values()
     )
+    if chosen[7] > 1:  # split-K: few tiles, every split 4 k-steps or more
+        tiles = triton.cdiv(M, chosen[0]) * triton.cdiv(N, chosen[1])
+        assert tiles * chosen[7] <= 132 and triton.cdiv(K, chosen[2]) >= 4 * chosen[7]
     _, module = committed("gemm_sigmoid_residual")
-    assert module._heuristic(M, N, K, dtype, tma) == chosen  # the module's copy is the same
+    assert module._heuristic(M, N, K, dtype, tma, 132) == chosen  # the module's copy
     assert module._bucket(M, N, K) == configs.bucket(M, N, K)
 
 
