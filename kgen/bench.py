@@ -1,7 +1,9 @@
 """`kgen bench`: kgen against cuBLAS, eager PyTorch and torch.compile, on this GPU.
 
-Per case (spec, shape, dtype), medians of `triton.testing.do_bench` (L2 flushed between
-runs) on fresh `torch.randn` inputs, all timed in one process, one after the other:
+Per case (spec, shape, dtype), medians of GPU time (`kgen.tune.median_ms`:
+`triton.testing.do_bench`'s method, L2 flushed between runs, with a head start so that a
+call's CPU cost does not leak into its GPU time) on fresh `torch.randn` inputs, all timed
+in one process, one after the other:
 
 - kgen:    the generated function, called as a user calls it (checks, config lookup);
 - eager:   the spec's epilogue as PyTorch ops in the input dtype, after `F.linear` with
