@@ -20,7 +20,12 @@ otherwise idle: on the H100, 256x512x8192 fp16 took 56 us in one program per til
 
 Warp specialization (`tl.range(warp_specialize=True)`) is not offered: on the H100 with
 Triton 3.6 it gained nothing over "persistent" (2048x8192x8192 fp16, 128x256 tiles:
-374 vs 365 us) and a 4-warp, 2-stage configuration of it hung the GPU.
+374 vs 365 us; with epilogue subtiling, seed 003 at 4096^3 fp16 226 vs 242 us) and a
+4-warp, 2-stage configuration of it hung the GPU. Also measured on the H100 against the
+persistent 128x256x64 loop, one process, bitwise-equal outputs, and not adopted: the
+output stored through a tensor descriptor (TMA) frees ~80 registers (251 -> 171) but
+was slower (seed 003 4096^3 fp16 226 -> 250 us, 2048x8192x8192 433 -> 457 us); 4
+stages instead of 3 moved 0-2.5 %, within noise.
 
 Rules, from the seed prompts (shared/seeds/): power-of-two blocks, num_warps in {4, 8},
 num_stages in {2, 3}, the conservative baseline (4 warps, 2 stages) among the choices.

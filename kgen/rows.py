@@ -31,6 +31,14 @@ Which strategy runs is decided per launch from N by the module's `_row_plan`
    the output is written twice and read once. Recomputing the GEMM instead would
    double its work, so the re-read is the cheaper pass at every size.
 
+Tried and not built: subtiling the two-pass GEMM epilogue, each half of a 128x256 tile
+taken as a 128-column tile of its own (its own statistics; the finishing kernel
+unchanged). On the H100 (1024x8192x8192 fp16, one process, interleaved) it removed
+gelu+softmax's spills (38 words to 0 with the "tma" loop, 148 to 0 persistent) but
+not its time: 233 -> 239 us ("tma") and 263 -> 256 us (persistent); softmax and
+logsumexp moved within noise. The epilogue's cost there is its exposed ALU work, not
+spills.
+
 The generated code names every temporary through the emitter's namer, and the
 reductions, gathers and stores here are the only ones row operations add.
 """
