@@ -287,8 +287,9 @@ def _heuristic(
     M: int, N: int, K: int, dtype: torch.dtype, tma: bool, num_sms: int
 ) -> tuple[int, int, int, int, int, int, str, int]:
     """A configuration for a shape nobody tuned: one of _CONFIGS, with BLOCK_K capped
-    for fp32 operands and for short K (tl.dot needs >= 16), and K split while the
-    tiles leave at least half the SMs idle and every split keeps 4 or more k-steps."""
+    for fp32 operands and for short K (tl.dot needs >= 16), and, for 32 k-steps or
+    more, K split while the tiles leave at least half the SMs idle and every split keeps
+    4 or more k-steps (a shorter loop gains too little: see split_k above)."""
     if K <= 64:
         name = "baseline"
     elif triton.cdiv(M, 128) * triton.cdiv(N, 128) >= 128:
@@ -305,7 +306,7 @@ def _heuristic(
     block_k = min(block_k, max(16, triton.next_power_of_2(K)))
     tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
     k_steps = triton.cdiv(K, block_k)
-    while split_k < 8 and tiles * split_k * 2 <= num_sms and k_steps >= 8 * split_k:
+    while split_k < 8 and tiles * split_k * 2 <= num_sms and k_steps >= max(32, 8 * split_k):
         split_k *= 2
     return (block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k)
 

@@ -15,8 +15,12 @@ and `split_k` > 1 (kernels without row operations, "pointer" and "tma" loops) sp
 tile's k-steps among that many programs: each writes its fp32 partial sum to a workspace,
 and the tile's last program to arrive (an atomic counter) adds the partials in a fixed
 order and runs the epilogue. For few output tiles and a long K, where most SMs would
-otherwise idle: on the H100, 256x512x8192 fp16 took 56 us in one program per tile and
-18-20 us split in 4.
+otherwise idle. On the H100 (fp16, seeds 001 and 003, one process, split vs unsplit):
+1.73-1.75x faster at 128x1024x4096 (64 k-steps of 64), 2.2x at 256x512x8192, 3.8-3.9x
+at 64x256x16384, but only 1.07-1.10x (0.6-0.7 us) at 128x512x1024 (16 k-steps), far
+less than the CPU time the workspace and counters add to a call there (10-18 us, same
+process): the heuristic splits only loops of 32 k-steps or more (the tuner, timing GPU
+work alone, may split any).
 
 Warp specialization (`tl.range(warp_specialize=True)`) is not offered: on the H100 with
 Triton 3.6 it gained nothing over "persistent" (2048x8192x8192 fp16, 128x256 tiles:
@@ -80,8 +84,9 @@ def _heuristic(
     M: int, N: int, K: int, dtype: torch.dtype, tma: bool, num_sms: int
 ) -> tuple[int, int, int, int, int, int, str, int]:
     """A configuration for a shape nobody tuned: one of _CONFIGS, with BLOCK_K capped
-    for fp32 operands and for short K (tl.dot needs >= 16), and K split while the
-    tiles leave at least half the SMs idle and every split keeps 4 or more k-steps."""
+    for fp32 operands and for short K (tl.dot needs >= 16), and, for 32 k-steps or
+    more, K split while the tiles leave at least half the SMs idle and every split keeps
+    4 or more k-steps (a shorter loop gains too little: see split_k above)."""
     if K <= 64:
         name = "baseline"
     elif triton.cdiv(M, 128) * triton.cdiv(N, 128) >= 128:
@@ -98,7 +103,7 @@ def _heuristic(
     block_k = min(block_k, max(16, triton.next_power_of_2(K)))
     tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
     k_steps = triton.cdiv(K, block_k)
-    while split_k < 8 and tiles * split_k * 2 <= num_sms and k_steps >= 8 * split_k:
+    while split_k < 8 and tiles * split_k * 2 <= num_sms and k_steps >= max(32, 8 * split_k):
         split_k *= 2
     return (block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k)
 
