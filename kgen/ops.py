@@ -15,6 +15,7 @@ results only `where` may take.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,12 +121,17 @@ def _op(
     return OpDef(name, tuple(params), doc, reference, triton, group, **extra)
 
 
+_FP32_MAX = torch.finfo(torch.float32).max
 V = ArgType.VALUE
 S = ArgType.SCALAR
 
 
 def _softplus_reference(x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
+    # z = beta x is an fp32 product in the kernel and in PyTorch's fp32 softplus: past
+    # FLT_MAX it is Inf, in float64 too (x = 20, beta = -FLT_MAX, threshold = -Inf:
+    # both give -0.0, where float64's finite z would pick x)
     z = x * beta
+    z = torch.where(z.abs() > _FP32_MAX, z * math.inf, z)
     log1p_exp = torch.clamp(z, min=0.0) + torch.log1p(torch.exp(-z.abs()))
     return torch.where(z > threshold, x, log1p_exp / beta)
 

@@ -141,3 +141,15 @@ def test_every_public_op_is_tested() -> None:
     tested = {c.split("(")[0] for c in CASES}
     skipped = {"where", "bias", "residual"}
     assert tested | skipped == set(ops.public_names())
+
+
+def test_softplus_reference_overflows_beta_x_like_fp32() -> None:
+    """softplus's z = beta x overflows in the kernel's fp32 and in PyTorch's fp32
+    softplus; the float64 reference overflows it too, so it agrees with both at the
+    threshold (a Hypothesis draw: x = 20, beta = -FLT_MAX, threshold = -Inf)."""
+    beta, threshold = -torch.finfo(torch.float32).max, -math.inf
+    x = torch.tensor([20.0, -3.0, 0.0])
+    torch_fp32 = torch.nn.functional.softplus(x, beta=beta, threshold=threshold)
+    reference = ops.OPS["softplus"].reference(x.double(), beta, threshold)
+    assert torch.equal(reference.float(), torch_fp32)
+    assert str(reference[0].item()) == "-0.0"
