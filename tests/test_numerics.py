@@ -153,3 +153,12 @@ def test_softplus_reference_overflows_beta_x_like_fp32() -> None:
     reference = ops.OPS["softplus"].reference(x.double(), beta, threshold)
     assert torch.equal(reference.float(), torch_fp32)
     assert str(reference[0].item()) == "-0.0"
+
+
+def test_softplus_reference_has_finite_gradients() -> None:
+    """kgen.testing's error bound differentiates the reference: the fp32 overflow of
+    beta x must not turn the gradient into NaN (0 * Inf) where it does not overflow,
+    which would zero the bound (a Hypothesis draw: x = -12, beta = 2.5, threshold = 0)."""
+    x = torch.tensor([-12.0, 0.5, 30.0], dtype=torch.float64, requires_grad=True)
+    ops.OPS["softplus"].reference(x, 2.5, 0.0).sum().backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all())
