@@ -461,8 +461,8 @@ def _kernel(kernel: Kernel) -> str:
         )
         assert body.endswith(head_of_epilogue + _EPILOGUE_MASKS)
         body = body[: -len(head_of_epilogue + _EPILOGUE_MASKS)] + _SPLIT_K_FIXUP
-        epilogue = ["        mask_m = (offs_m < M) & split_last", *_SUBTILE.splitlines()]
-        epilogue += [f"    {line}" for line in _epilogue(kernel)]  # inside the subtile loop
+        inside = [f"    {line}" for line in epilogue]  # inside the subtile loop
+        epilogue = ["        mask_m = (offs_m < M) & split_last", *_SUBTILE.splitlines(), *inside]
     text = "\n".join([*head, body.strip("\n"), *epilogue]) + "\n"
     if rows.finish_needed(kernel):
         text += "\n\n" + _finish_kernel(kernel)
@@ -702,6 +702,24 @@ def _descriptor_lines(w_shape: str, w_block: str) -> list[str]:
     ]
 
 
+def _config_keywords(wide: str) -> list[str]:
+    """The GEMM kernel launch's keywords that every mainloop takes from the
+    configuration (`wide`: the expression for WIDE)."""
+    return [
+        "        BLOCK_M=block_m,",
+        "        BLOCK_N=block_n,",
+        "        BLOCK_K=block_k,",
+        "        GROUP_M=group_m,",
+        '        TMA=loop != "pointer",',
+        '        FLATTEN=loop == "persistent",',
+        f"        WIDE={wide},",
+        "        UPCAST_DOT=_INTERPRET,",
+    ]
+
+
+_WARPS_STAGES = ["        num_warps=num_warps,", "        num_stages=num_stages,", "    )"]
+
+
 def _launcher(kernel: Kernel) -> str:
     positional, keywords = _signature_args(kernel)
     linear = kernel.gemm is Gemm.LINEAR
@@ -719,49 +737,41 @@ def _launcher(kernel: Kernel) -> str:
     tensors = ["x", "weight"] + (["bias"] if kernel.has_bias else []) + ["out"]
     tensors += [t.name for t in kernel.tensors]
     kernel_args = [*tensors, "x_desc", "w_desc", "M", "N", "K", *strides, *floats]
-    plain_args = list(kernel_args)
-    plain_args.insert(plain_args.index("x_desc"), "split_partials, split_counts")
     w_block = "[block_n, block_k]" if linear else "[block_k, block_n]"
     w_shape = "[N, K]" if linear else "[K, N]"
-    run = [
-        f"def _launch(config, tma, {', '.join(positional + floats)}):",
-        '    """Run the kernel with a given configuration; the arguments are already checked,',
-        '    `tma` is _tma_ready(x, weight)."""',
-        "    M, K = x.shape",
-        f"    N = weight.shape[{0 if linear else 1}]",
-        f"    out = torch.empty((M, N), device=x.device, dtype={out_dtype})",
-        "    if M == 0 or N == 0:",
-        "        return out",
-        "    block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k = config",
-        "    grid = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)",
-        *_descriptor_lines(w_shape, w_block),
-        '    if loop == "persistent" or grid * split_k * block_m * block_n >= 2**31:',
-        "        split_k = 1  # (a tuning file's entry may ask; int32 workspace offsets)",
-        "    split_partials = split_counts = out  # (unused without split-K)",
-        "    if split_k > 1:",
-        "        split_partials = torch.empty(",
-        "            grid * split_k * block_m * block_n, device=x.device, dtype=torch.float32",
-        "        )",
-        "        split_counts = _split_counts(x.device, grid)",
-        f"    {kernel.name}_kernel[(grid, split_k)](",
-        *(f"        {a}," for a in plain_args),
-        "        BLOCK_M=block_m,",
-        "        BLOCK_N=block_n,",
-        "        BLOCK_K=block_k,",
-        "        GROUP_M=group_m,",
-        '        TMA=loop != "pointer",',
-        '        FLATTEN=loop == "persistent",',
-        f"        WIDE=_wide({', '.join(tensors)}),",
-        "        UPCAST_DOT=_INTERPRET,",
-        "        SUBTILES=2 if block_n >= 256 else 1,",
-        "        SPLIT_K=split_k,",
-        "        num_warps=num_warps,",
-        "        num_stages=num_stages,",
-        "    )",
-        "    return out",
-    ]
     if kernel.row_ops:
         run = _row_launch(kernel, positional, floats, kernel_args, out_dtype, w_shape, w_block)
+    else:
+        plain_args = list(kernel_args)
+        plain_args.insert(plain_args.index("x_desc"), "split_partials, split_counts")
+        run = [
+            f"def _launch(config, tma, {', '.join(positional + floats)}):",
+            '    """Run the kernel with a given configuration; the arguments are already checked,',
+            '    `tma` is _tma_ready(x, weight)."""',
+            "    M, K = x.shape",
+            f"    N = weight.shape[{0 if linear else 1}]",
+            f"    out = torch.empty((M, N), device=x.device, dtype={out_dtype})",
+            "    if M == 0 or N == 0:",
+            "        return out",
+            "    block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k = config",
+            "    grid = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)",
+            *_descriptor_lines(w_shape, w_block),
+            '    if loop == "persistent" or grid * split_k * block_m * block_n >= 2**31:',
+            "        split_k = 1  # (a tuning file's entry may ask; int32 workspace offsets)",
+            "    split_partials = split_counts = out  # (unused without split-K)",
+            "    if split_k > 1:",
+            "        split_partials = torch.empty(",
+            "            grid * split_k * block_m * block_n, device=x.device, dtype=torch.float32",
+            "        )",
+            "        split_counts = _split_counts(x.device, grid)",
+            f"    {kernel.name}_kernel[(grid, split_k)](",
+            *(f"        {a}," for a in plain_args),
+            *_config_keywords(f"_wide({', '.join(tensors)})"),
+            "        SUBTILES=2 if block_n >= 256 else 1,",
+            "        SPLIT_K=split_k,",
+            *_WARPS_STAGES,
+            "    return out",
+        ]
     sig = positional + (["*", *keywords] if keywords else [])
     shapes = {Kind.TILE: "(M, N)", Kind.COL: "(N,)", Kind.ROW: "(M,)", Kind.SCALAR: "()"}
     checks = [f"    M, N, K = _check_gemm(x, weight, linear={linear})"]
@@ -845,20 +855,11 @@ def _row_launch(
         f"    wide_index = _wide({', '.join(tensors)})",
         f"    {kernel.name}_kernel[(grid,)](",
         *(f"        {a}," for a in gemm_args),
-        "        BLOCK_M=block_m,",
-        "        BLOCK_N=block_n,",
-        "        BLOCK_K=block_k,",
-        "        GROUP_M=group_m,",
-        '        TMA=loop != "pointer",',
-        '        FLATTEN=loop == "persistent",',
-        "        WIDE=wide_index,",
-        "        UPCAST_DOT=_INTERPRET,",
+        *_config_keywords("wide_index"),
         "        SPLIT=row_split,",
         "        ALIGNED=tile_n == block_n and (num_segs == 1 or seg_n % block_n == 0),",
         "        **row_consts,",
-        "        num_warps=num_warps,",
-        "        num_stages=num_stages,",
-        "    )",
+        *_WARPS_STAGES,
     ]
     if rows.finish_needed(kernel):
         lines += [

@@ -54,7 +54,7 @@ import torch
 
 from kgen import reference, rows
 from kgen.ir import Kernel
-from kgen.ops import RowKind
+from kgen.ops import FP32_MAX, RowKind, fp32_overflow
 
 # Unit roundoff of the GEMM, by what multiplies: 16-bit operands have exact products
 # in fp32, so only fp32 accumulation counts; fp32 operands add the rounding of their
@@ -105,7 +105,6 @@ PYTORCH_TOLERANCE: dict[torch.dtype, tuple[float, float]] = {
     torch.bfloat16: (1e-2, 1e-2),
 }
 
-_FP32_MAX = torch.finfo(torch.float32).max
 _FP32_UNDER = 2.0**-150  # half fp32's smallest subnormal: rounds to zero
 
 
@@ -165,7 +164,7 @@ class _Case:
 def _fp32_range(value: torch.Tensor) -> torch.Tensor:
     """float64 with fp32's range: past FLT_MAX is Inf, and at most half the smallest
     subnormal (2^-150) rounds to a signed zero, as it does in any fp32 arithmetic."""
-    value = torch.where(value.abs() > _FP32_MAX, value * math.inf, value)
+    value = fp32_overflow(value)
     return torch.where(value.abs() <= _FP32_UNDER, value * 0.0, value)
 
 
@@ -399,7 +398,7 @@ def _row_radius(
             stored = OUTPUT_RTOL[out_dtype] * (deviation + deviation.amax(dim=2, keepdim=True)) * s
         radius = 2 * first + own + stored
         # the kernel's fp32 sum of squared deviations can overflow where float64's does not
-        overflow = ((x - mean) ** 2).sum(dim=2, keepdim=True) > _FP32_MAX / 4
+        overflow = ((x - mean) ** 2).sum(dim=2, keepdim=True) > FP32_MAX / 4
         radius = torch.where(overflow, math.inf, radius).reshape(M, W)
         if step.rowdef.affine:
             weight, bias = (t.reshape(1, -1) for t in operands[1:3])

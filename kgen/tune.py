@@ -163,14 +163,6 @@ def median_ms(fn: Callable[[], Any], warmup: int = 25, rep: int = 100) -> float:
     head_start_s = min(HEAD_START_MAX_S, 2 * (time.perf_counter() - t0) / 5)
     cycles = int(head_start_s * _spin_rate())
     start, end = _event(), _event()
-
-    def run(start: Any, end: Any) -> None:
-        cache.zero_()
-        _spin(cycles)
-        start.record()
-        fn()
-        end.record()
-
     start.record()
     for _ in range(5):
         cache.zero_()
@@ -182,7 +174,11 @@ def median_ms(fn: Callable[[], Any], warmup: int = 25, rep: int = 100) -> float:
         fn()
     events = [(_event(), _event()) for _ in range(max(1, int(rep / estimate_ms)))]
     for s, e in events:
-        run(s, e)
+        cache.zero_()
+        _spin(cycles)
+        s.record()
+        fn()
+        e.record()
     torch.cuda.synchronize()
     times = sorted(s.elapsed_time(e) for s, e in events)
     return float(times[len(times) // 2])
@@ -260,16 +256,15 @@ def tune_case(
     tma = module._tma_ready(args[0], args[1])
     num_sms = module._device_info(args[0].device)[1]  # what a persistent launch uses
     cands = configs.candidates(shape.M, shape.N, shape.K, dtype, tma, num_sms)
+    default = tuple(module._heuristic(shape.M, shape.N, shape.K, dtype, tma, num_sms))
     if kernel.row_ops:  # row kernels do not split K (kgen/configs.py)
         cands = [c for c in cands if c[7] == 1]
-    default = tuple(module._heuristic(shape.M, shape.N, shape.K, dtype, tma, num_sms))
-    if kernel.row_ops:
         default = (*default[:7], 1)
     if default not in cands:
         cands = [*cands, default]
     results = compile_all(module, kernel, cands, args, values, tma)
 
-    def time(config: configs.Config, rep: int) -> float:
+    def measure(config: configs.Config, rep: int) -> float:
         return median_ms(lambda: module._launch(config, tma, *args, *values), warmup=5, rep=rep)
 
     def spills(r: Candidate) -> bool:
@@ -282,12 +277,12 @@ def tune_case(
     desc = f"{kernel.name} {shape} {str(dtype)[6:]}"
     for r in tqdm(alive, desc=desc, unit="config", leave=False):
         try:
-            r.ms = time(r.config, rep=20)
+            r.ms = measure(r.config, rep=20)
         except Exception as err:  # a launch failure prunes the candidate
             r.error = f"{type(err).__name__}: {err}"[:200]
     finalists = sorted((r for r in alive if r.error is None), key=lambda r: r.ms)[:FINALISTS]
     for r in finalists:
-        r.ms = time(r.config, rep=100)
+        r.ms = measure(r.config, rep=100)
     best = min(finalists, key=lambda r: r.ms, default=None)
     return best, results
 
