@@ -19,36 +19,13 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 
 @triton.jit
-def _gelu(x):
-    # exact GELU (F.gelu's default): x * Phi(x), Phi(x) = erfc(-x / sqrt(2)) / 2.
-    # 1 + erf(x / sqrt(2)) cancels for x < 0 (torch's fp32 gelu loses every digit below
-    # x = -5); erfc's Chebyshev fit from Numerical Recipes (erfcc, relative error
-    # < 1.2e-7 everywhere) does not, and serves x >= 0 as Phi(x) = 1 - Phi(-x):
-    # one exp and one division for either sign.
-    z = tl.abs(x) * 0.7071067811865476
-    t = 1.0 / (1.0 + 0.5 * z)
-    p = -1.26551223 + t * (
-        1.00002368
-        + t
-        * (
-            0.37409196
-            + t
-            * (
-                0.09678418
-                + t
-                * (
-                    -0.18628806
-                    + t
-                    * (
-                        0.27886807
-                        + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))
-                    )
-                )
-            )
-        )
-    )
-    phi_neg = 0.5 * t * tl.exp(p - z * z)  # Phi(-|x|)
-    return x * tl.where(x >= 0.0, 1.0 - phi_neg, phi_neg)
+def _gelu_erf(x):
+    # exact GELU as F.gelu computes it in fp32, x (1/2 + erf(x / sqrt(2)) / 2): for x < 0
+    # the sum cancels, so the error is absolute (|x| / 2 times erf's, a few ulps of 1,
+    # at most where x is about -5; below -5.5 the result is 0), but it is cheap: on the
+    # H100, gelu+softmax at 1024x8192x8192 fp16 ran 221 us with it, 235 with _gelu.
+    # Only for values that feed softmaxes alone (ops.absolute_forms).
+    return x * (0.5 + 0.5 * tl.erf(x * 0.7071067811865476))
 
 
 @triton.jit
@@ -219,7 +196,7 @@ def linear_gelu_softmax_kernel(
             None, :
         ]
         bias_2 = acc + bias_1
-        gelu_3 = _gelu(bias_2)
+        gelu_3 = _gelu_erf(bias_2)
         if SPLIT == 0:
             tile_max_0 = tl.max(tl.where(mask_n[None, :], gelu_3, float("-inf")), axis=1)
             tile_shift_0 = tl.where(tile_max_0 == float("-inf"), -3.4028234663852886e38, tile_max_0)

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from kgen import __version__, configs, rows, tlib
 from kgen.analyze import RESERVED
 from kgen.ir import Gemm, InitArg, Kernel, Kind, Operand, Role
-from kgen.ops import OPS
+from kgen.ops import OPS, absolute_forms
 
 _TORCH_DTYPES = {
     "float16": "torch.float16",
@@ -497,7 +497,13 @@ def _finish_kernel(kernel: Kernel) -> str:
 
 
 def _helpers(kernel: Kernel) -> str:
-    needed = {h for instr in kernel.body if instr.op in OPS for h in OPS[instr.op].helpers}
+    absolute = absolute_forms(kernel)
+    needed = {
+        h
+        for instr in kernel.body
+        if instr.op in OPS
+        for h in OPS[instr.op].helpers_for(instr.id in absolute)
+    }
     parts = [h.source.strip("\n") for h in tlib.closure(needed)]
     if kernel.row_ops:
         parts.append(rows.SEGMENT_HELPERS.strip("\n"))

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from kgen.ir import Gemm, Kernel, Kind, Role
+from kgen.ir import Gemm, Instr, Kernel, Kind, Role
 from kgen.ops import OPS, ROW_OPS, ArgType
 
 
@@ -67,7 +67,7 @@ def _shaped(kernel: Kernel, name: str, value: Any, dtype: torch.dtype) -> Any:
     return t
 
 
-Hook = Callable[[torch.Tensor], torch.Tensor]
+Hook = Callable[[torch.Tensor, Instr], torch.Tensor]  # (value, the instruction giving it)
 
 
 def epilogue(
@@ -148,7 +148,7 @@ def trace(
                 value = value.to(dtype)
         after = override is None or instr.id > override[0]
         if hook is not None and instr.op != "gemm" and not instr.boolean and after:
-            value = hook(torch.as_tensor(value, dtype=dtype, device=acc.device))
+            value = hook(torch.as_tensor(value, dtype=dtype, device=acc.device), instr)
         values.append(value)
         if stop is not None and instr.id == stop:
             break

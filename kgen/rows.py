@@ -39,6 +39,19 @@ not its time: 233 -> 239 us ("tma") and 263 -> 256 us (persistent); softmax and
 logsumexp moved within noise. The epilogue's cost there is its exposed ALU work, not
 spills.
 
+Tried and not built: one pass, the tiles of a row block exchanging their statistics in
+the GEMM kernel (after storing them, each tile counts itself in with a release atomic
+and spins until all `seg_tiles` have; no finishing kernel, one store). That needs every
+tile of a row block resident at once, so the tiles go in row-major order (with grouped
+order a wave holds a little of every row block, and the spin deadlocks), and then each
+wave streams all of W: on the H100 (1024x8192x8192 fp16, one process, interleaved),
+softmax went 209 -> 228 us (persistent loop) and 211 -> 228 us (one tile per program,
+tile ids from an atomic ticket). The same row-major order without the exchange took
+228-231 us: the exchange was nearly free, the order's extra reads of W were not. At
+this shape the whole of eager PyTorch (cuBLAS addmm + softmax, 220-222 us) is only
+1.19-1.20x `F.linear` alone (184-186 us), so a one-pass softmax would also have to
+run its GEMM at cuBLAS's speed to reach 1.2x eager.
+
 The generated code names every temporary through the emitter's namer, and the
 reductions, gathers and stores here are the only ones row operations add.
 """
@@ -50,7 +63,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kgen.ir import Instr, Kernel, Kind, Operand
-from kgen.ops import OPS, ROW_OPS, RowKind, RowOpDef
+from kgen.ops import OPS, ROW_OPS, RowKind, RowOpDef, absolute_forms
 
 # The widest register tile (columns) a row operation may use: 64 x 256 fp32 values
 # are 64 registers a thread at 8 warps.
@@ -278,6 +291,7 @@ class Writer:
         self.levels: dict[int, Level] = {}
         self.last_line = 0
         self._emit = emit
+        self.absolute = absolute_forms(kernel)  # values in their op's cheaper form
 
     def fresh(self, hint: str) -> str:
         return str(self.namer.fresh(hint, 0))  # type: ignore[attr-defined]
@@ -319,7 +333,7 @@ class Writer:
                 opdef.helpers or "tl." in opdef.triton
             ):
                 args[0] = f"tl.full([], {args[0]}, tl.float32)"
-            expr = opdef.lower(args)
+            expr = opdef.lower(args, instr.id in self.absolute)
         self.names[instr.id] = name
         self.line(f"{name} = {expr}")
 

@@ -22,7 +22,8 @@ import math
 
 import pytest
 import torch
-from helpers import DEVICES, build_and_import
+import triton
+from helpers import DEVICES, build_and_import, import_file
 
 from kgen import ops
 
@@ -162,3 +163,73 @@ def test_softplus_reference_has_finite_gradients() -> None:
     x = torch.tensor([-12.0, 0.5, 30.0], dtype=torch.float64, requires_grad=True)
     ops.OPS["softplus"].reference(x, 2.5, 0.0).sum().backward()
     assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+
+
+# A kernel applying one helper, in a real file (the GPU cannot run exec'd kernels).
+_HELPER_KERNEL = """
+import triton
+import triton.language as tl
+
+{source}
+
+
+@triton.jit
+def apply(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(y_ptr + offs, {helper}(tl.load(x_ptr + offs, mask=mask, other=0.0)), mask=mask)
+"""
+
+ABSOLUTE_CASES = sorted(name for name, op in ops.OPS.items() if op.absolute)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ABSOLUTE_CASES)
+def test_absolute_form_accuracy(name: str, device: str, tmp_path) -> None:
+    """An op's absolute-error form (ops.absolute_forms) keeps its promise over the whole
+    fp32 range: within ULPS units of max(|f(x)|, 1) of torch's float64 value, NaN and
+    infinities exactly where torch's are. Values near the form's worst case (|x| / 2
+    times erf's error, x about -5 for GELU) are included."""
+    from kgen import tlib
+
+    opdef = ops.OPS[name]
+    (helper,) = opdef.absolute_helpers
+    source = "\n\n".join(h.source.strip("\n") for h in tlib.closure(set(opdef.absolute_helpers)))
+    path = tmp_path / f"absolute_{name}.py"
+    path.write_text(_HELPER_KERNEL.format(source=source, helper=helper))
+    module = import_file(path)
+    dense = torch.linspace(-7.0, 7.0, 4001, dtype=torch.float32)
+    values = torch.cat([VALUES, dense])
+    x = values.to(device)
+    y = torch.empty_like(x)
+    module.apply[(1,)](x, y, x.numel(), BLOCK=triton.next_power_of_2(x.numel()))
+    got = y.cpu().double()
+    exact = opdef.reference(values.double())
+    finite = torch.isfinite(exact)
+    assert torch.equal(torch.isnan(got), torch.isnan(exact)), f"{name}: NaN mismatch"
+    assert torch.equal(got[torch.isinf(exact)], exact[torch.isinf(exact)]), f"{name}: Inf"
+    error = (got - exact).abs()[finite]
+    limit = ULPS * 2.0**-24 * exact.abs()[finite].clamp(min=1.0)
+    worst = int(torch.argmax(error / limit))
+    assert bool((error <= limit).all()), (
+        f"{name}({values[finite][worst].item()!r}) = {got[finite][worst].item()!r}, exact "
+        f"{exact[finite][worst].item()!r}: error {error[worst].item():.3g}, allowed "
+        f"{limit[worst].item():.3g}"
+    )
+
+
+def test_gelu_takes_its_absolute_form_only_before_softmax(tmp_path) -> None:
+    """gelu feeding a softmax alone is lowered to _gelu_erf; anywhere else (stored, used
+    by another op, before a log_softmax) it keeps the accurate _gelu."""
+    cases = {
+        "bias; gelu; softmax": True,
+        "bias; gelu; softmax; gelu": True,  # the first gelu only
+        "bias; gelu": False,
+        "bias; gelu; log_softmax": False,
+        "bias; gelu; scale(2); softmax": False,
+    }
+    for steps, absolute in cases.items():
+        compiled, _ = build_and_import(f"epilogue: {steps}\n", tmp_path, "g.fuse")
+        assert ("_gelu_erf(" in compiled.source) == absolute, steps
+        gelus = [i.id for i in compiled.kernel.body if i.op == "gelu"]
+        assert ops.absolute_forms(compiled.kernel) == frozenset(gelus[:1] if absolute else ())
