@@ -226,11 +226,11 @@ def _error_bound(kernel: Kernel, case: _Case) -> torch.Tensor:
     if acc.grad is not None:
         gemm = (acc.grad.abs() * case.delta).nan_to_num(nan=0.0)
     rounding = torch.zeros_like(case.acc)
-    for error, value in terms:
+    for error, scale in terms:
         if error.grad is not None:
             # relative roundoff, and below fp32's normal range the absolute step of
             # its subnormals (2^-149 = 2^-24 * SUBNORMAL_STEP)
-            size = value + SUBNORMAL_STEP
+            size = scale + SUBNORMAL_STEP
             rounding += (error.grad.abs() * size).nan_to_num(nan=0.0)
     return gemm + rounding * EPILOGUE_ULPS * 2.0**-24
 
@@ -477,11 +477,11 @@ class _Stage:
         total = torch.zeros(shape, dtype=torch.float64, device=centre.device)
         if start.grad is not None:
             total = total + (start.grad.abs() * radius).nan_to_num(nan=0.0).expand(shape)
-        for error, value in terms:
+        for error, scale in terms:
             if error.grad is not None and error.grad.shape == shape:
                 total = (
                     total
-                    + (error.grad.abs() * value).nan_to_num(nan=0.0) * EPILOGUE_ULPS * 2.0**-24
+                    + (error.grad.abs() * scale).nan_to_num(nan=0.0) * EPILOGUE_ULPS * 2.0**-24
                 )
         return total
 
