@@ -418,8 +418,7 @@ def absolute_forms(kernel: Kernel) -> frozenset[int]:
         for instr in kernel.body
         if instr.op in OPS
         and OPS[instr.op].absolute
-        and instr.id != kernel.result
-        and instr.id in uses
+        and instr.id in uses  # (so not the stored result)
         and all(u.op == "softmax" and list(u.args) == [instr.id] for u in uses[instr.id])
     )
 

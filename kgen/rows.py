@@ -329,11 +329,12 @@ class Writer:
         else:
             args = [self.names[a] for a in instr.args]
             opdef = OPS[instr.op]
+            absolute = instr.id in self.absolute
             if self.kernel.value(instr.args[0]).op == "const" and (
-                opdef.helpers or "tl." in opdef.triton
+                opdef.helpers_for(absolute) or "tl." in opdef.triton
             ):
                 args[0] = f"tl.full([], {args[0]}, tl.float32)"
-            expr = opdef.lower(args, instr.id in self.absolute)
+            expr = opdef.lower(args, absolute)
         self.names[instr.id] = name
         self.line(f"{name} = {expr}")
 
