@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,11 +75,19 @@ def _normalise(text: str) -> str:
 
 def import_file(path: Path, name: str | None = None) -> ModuleType:
     """Import a generated module from its file, as `name` (default: after the file);
-    kernels must come from a real file, which the GPU compiler reads the source of."""
-    spec = importlib.util.spec_from_file_location(name or f"kgen_generated_{path.stem}", path)
+    kernels must come from a real file, which the GPU compiler reads the source of.
+    The module is registered in `sys.modules`, as an import would (torch.compile looks
+    a function's module up there)."""
+    name = name or f"kgen_generated_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 

@@ -25,7 +25,12 @@ Rules (ids are stable):
   directly or through `TensorDescriptor(...)`) and reads after the launch (returns,
   saves for backward, passes on; a scratch or lock buffer that is not read again is no
   output, and a store that writes only such a buffer, as a split-K partial sum does, is
-  not counted); 1 if no launch shows one. Stores are followed textually along every path: a
+  not counted); 1 if no launch shows one. A kgen module launches through its runtime,
+  not in its own text: its declaration `GemmOp(name, kernel, ..., rows=Rows(...,
+  finish=...))` (kgen.runtime) stands for the launches, with the outputs the runtime
+  gives them (`out_ptr`; and `stats_ptr`, read by the finishing kernel, for a kernel
+  with row operations) and its scratch (`split_partials_ptr`, `split_counts_ptr`).
+  Stores are followed textually along every path: a
   store in a loop counts once, an `if`/`else` forks the path, a jit helper's stores
   count at each call. A finding: the path with the most stores has more than there are
   outputs, or no store at all; a path stores to one pointer parameter twice; an output
@@ -483,8 +488,33 @@ class Outputs:
     scratch: set[str] = field(default_factory=set)  # parameters given unread allocations
 
 
+def _declared(m: Module, kernel: Function) -> Outputs | None:
+    """The outputs a kgen runtime declaration gives `kernel`, if one names it."""
+    for node in ast.walk(m.tree):
+        if not isinstance(node, ast.Call) or not (m.called(node) or "").endswith(".GemmOp"):
+            continue
+        keywords = {k.arg: k.value for k in node.keywords}
+        rows = keywords.get("rows")
+        finish = None
+        if isinstance(rows, ast.Call):
+            finish = {k.arg: k.value for k in rows.keywords}.get("finish")
+        named = [ast.unparse(a) for a in node.args[1:2]]
+        if kernel.name in named:
+            if finish is not None and ast.unparse(finish) != "None":
+                return Outputs(["out", "stats"], ["out_ptr", "stats_ptr"], node.lineno)
+            if rows is not None:
+                return Outputs(["out"], ["out_ptr"], node.lineno)
+            scratch = {"split_partials_ptr", "split_counts_ptr"}
+            return Outputs(["out"], ["out_ptr"], node.lineno, scratch)
+        if finish is not None and ast.unparse(finish) == kernel.name:
+            return Outputs(["out"], ["out_ptr"], node.lineno)
+    return None
+
+
 def _outputs(m: Module, kernel: Function) -> Outputs | None:
     """The most outputs any launch of `kernel` shows."""
+    if not any(la.kernel == kernel.name for la in m.launches):
+        return _declared(m, kernel)
     best: Outputs | None = None
     params = [a.arg for a in _params(kernel)]
     for la in m.launches:

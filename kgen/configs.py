@@ -36,14 +36,12 @@ num_stages in {2, 3}, the conservative baseline (4 warps, 2 stages) among the ch
 
 What a module launches: the measured best for its GPU, dtype and shape bucket, from the
 tuning file `kgen tune` writes beside it (`<kernel>.tuning.json`), or else
-`_heuristic`'s pick from `_CONFIGS`. `_CONFIGS`, `_bucket` and `_heuristic` are copied
-verbatim into every generated module, so kgen, its tests and the modules share one
-definition. `SPACE` and `candidates` are what `kgen tune` searches.
+`_heuristic`'s pick from `_CONFIGS` (kgen.runtime.op.GemmOp.choose, the one place that
+reads both). `SPACE` and `candidates` are what `kgen tune` searches.
 """
 
 from __future__ import annotations
 
-import inspect
 import itertools
 
 import torch
@@ -139,17 +137,6 @@ def choose_config(
 
 def bucket(M: int, N: int, K: int) -> str:
     return _bucket(M, N, K)
-
-
-def source() -> str:
-    """`_LOOPS`, `_CONFIGS`, `_bucket`, `_heuristic` and `_tuned`, verbatim, for the
-    generated module."""
-    table = "\n".join(f"    {name!r}: {config!r}," for name, config in _CONFIGS.items())
-    head = (
-        "# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, loop); see kgen/configs.py"
-    )
-    functions = "\n\n".join(inspect.getsource(f) for f in (_bucket, _heuristic, _tuned))
-    return f"{head}\n_LOOPS = {_LOOPS!r}\n_CONFIGS = {{\n{table}\n}}\n\n\n{functions}"
 
 
 def is_valid(config: Config) -> bool:

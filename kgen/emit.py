@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from kgen import __version__, configs, rows, tlib
+from kgen import __version__, rows, tlib
 from kgen.analyze import RESERVED
 from kgen.ir import Gemm, InitArg, Kernel, Kind, Operand, Role
 from kgen.ops import OPS, absolute_forms
@@ -514,176 +514,14 @@ def _helpers(kernel: Kernel) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Python side: checks, launcher, nn.Module
+# Python side: the call's declaration, the function, nn.Module. Everything a call does
+# that the spec does not decide is kgen.runtime's (GemmOp), imported by the module.
 
-_RUNTIME = """
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Under TRITON_INTERPRET=1 kernels run on CPU tensors, and 16-bit tiles are upcast
-# before tl.dot (see the kernel).
-_INTERPRET = bool(triton.knobs.runtime.interpret)
-
-
-def _check_tensor(name, t, shape, x, dtypes=_DTYPES):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in dtypes:
-        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        raise TypeError(f"{name} has dtype {str(t.dtype).replace('torch.', '')}; expected {allowed}")
-    if shape is not None and tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-    if t.device != x.device:
-        raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-
-
-def _check_float(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
-    return float(value)
-
-
-def _check_gemm(x, weight, linear):
-    for name, t in (("x", x), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 2:
-            raise ValueError(f"{name} must be 2-D, got shape {list(t.shape)}")
-    _check_tensor("x", x, None, x)
-    if weight.dtype != x.dtype:
-        raise TypeError(f"x and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
-    _check_tensor("weight", weight, None, x)
-    if not _INTERPRET and x.device.type != "cuda":
-        raise ValueError(
-            f"x is on {x.device}; kgen kernels run on CUDA devices "
-            "(or on the CPU with TRITON_INTERPRET=1 set before import)"
-        )
-    M, K = x.shape
-    if linear:
-        N, K_w = weight.shape
-        layout = "weight is [N, K]"
-    else:
-        K_w, N = weight.shape
-        layout = "weight is [K, N]"
-    if K_w != K:
-        raise ValueError(
-            f"x is [M, K] = {list(x.shape)} but {layout} = {list(weight.shape)}: K differs"
-        )
-    return M, N, K
-"""
-
-
-# Choosing the configuration: the tuning file beside the module (written by `kgen tune`,
-# keyed by GPU name, dtype and shape bucket), else the heuristic; remembered per problem
-# so a call costs one dict lookup.
-_SELECT = """
-_TUNING_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "{tuning_file}")
-
-
-def _load_tuning(path):
-    \"\"\"The tuning file's table; a missing file is an empty one, and so is a broken one
-    (with a warning: the module still works, with its heuristic choices).\"\"\"
-    try:
-        with open(path, encoding="utf-8") as f:
-            table = json.load(f)
-    except FileNotFoundError:
-        return {{}}
-    except (OSError, ValueError) as error:
-        warnings.warn(f"{{path}}: ignored, not a kgen tuning file ({{error}})", stacklevel=2)
-        return {{}}
-    if not isinstance(table, dict):
-        warnings.warn(f"{{path}}: ignored, not a kgen tuning file", stacklevel=2)
-        return {{}}
-    return table
-
-
-_TUNING = _load_tuning(_TUNING_FILE)
-_DEVICES = {{}}  # device -> (tuned configurations for its GPU, number of SMs, has TMA)
-_CHOSEN = {{}}  # (M, N, K, dtype, tma, device) -> configuration
-
-
-def _device_info(device):
-    info = _DEVICES.get(device)
-    if info is None:
-        if _INTERPRET:
-            # 3 "SMs", so persistent programs loop over several tiles in tests
-            info = (_TUNING.get("interpreter", {{}}), 3, True)
-        else:
-            props = torch.cuda.get_device_properties(device)
-            # TMA: Hopper or newer, with room for the TMA configurations' stages (an H100
-            # has 227 KB per block; some sm_12x cards about 99 KB)
-            smem = getattr(props, "shared_memory_per_block_optin", 232448)
-            tma = props.major >= 9 and smem >= 200 * 1024
-            info = (_TUNING.get(props.name, {{}}), props.multi_processor_count, tma)
-        _DEVICES[device] = info
-    return info
-
-
-def _tma_ready(x, weight):
-    \"\"\"Can tensor descriptors (TMA) address both operands: a GPU with TMA, a
-    contiguous last dimension, 16-byte-aligned base and row stride, rows that do not
-    overlap?\"\"\"
-    size = x.element_size()
-    return (
-        _device_info(x.device)[2]
-        and x.stride(1) == 1
-        and weight.stride(1) == 1
-        and x.stride(0) * size % 16 == 0
-        and weight.stride(0) * size % 16 == 0
-        and x.data_ptr() % 16 == 0
-        and weight.data_ptr() % 16 == 0
-        and x.shape[1] > 0
-        # rows that do not overlap (an expanded or overlapping view goes by pointers)
-        and x.stride(0) >= x.shape[1]
-        and weight.stride(0) >= weight.shape[1]
-    )
-
-
-def _choose(M, N, K, x, tma):
-    key = (M, N, K, x.dtype, tma, x.device)
-    config = _CHOSEN.get(key)
-    if config is None:
-        config = _tuned(_device_info(x.device)[0], x.dtype, _bucket(M, N, K), tma)
-        if config is None:
-            config = _heuristic(M, N, K, x.dtype, tma, _device_info(x.device)[1])
-        if len(_CHOSEN) > 4096:
-            _CHOSEN.clear()
-        _CHOSEN[key] = config
-    return config
-
-
-def _wide(*tensors):
-    \"\"\"Can an element offset in any of these pass 2^31 - 1 (int32 indexing)?\"\"\"
-    for t in tensors:
-        if sum((n - 1) * s for n, s in zip(t.shape, t.stride())) >= 2**31 - 1:
-            return True
-    return False
-"""
-
-
-_SPLIT_COUNTS = """
-_SPLIT_COUNTS = {}  # (device, stream) -> split-K arrival counters, zero between launches
-
-
-def _split_counts(device, tiles):
-    \"\"\"Split-K arrival counters, one per tile, for launches on the current stream.
-    Launches on one stream run in order and each tile's last program resets its
-    counter, so one zeroed buffer serves them all; a stream being captured into a CUDA
-    graph gets its own (the graph owns that memory).\"\"\"
-    if _INTERPRET:
-        key = (device, None)
-    else:
-        if torch.cuda.is_current_stream_capturing():
-            return torch.zeros(tiles, device=device, dtype=torch.int32)
-        key = (device, torch.cuda.current_stream(device).cuda_stream)
-    counts = _SPLIT_COUNTS.get(key)
-    if counts is None or counts.numel() < tiles:
-        counts = torch.zeros(max(tiles, 1024), device=device, dtype=torch.int32)
-        _SPLIT_COUNTS[key] = counts
-    return counts
-"""
+_KINDS = {Kind.TILE: "tile", Kind.COL: "col", Kind.ROW: "row", Kind.SCALAR: "scalar"}
 
 
 def _signature_args(kernel: Kernel) -> tuple[list[str], list[str]]:
-    """(positional tensor names, keyword float params with defaults) of the launcher."""
+    """(positional tensor names, keyword float params with defaults) of the function."""
     positional = (
         ["x", "weight"] + (["bias"] if kernel.has_bias else []) + [t.name for t in kernel.tensors]
     )
@@ -693,205 +531,61 @@ def _signature_args(kernel: Kernel) -> tuple[list[str], list[str]]:
     return positional, keywords
 
 
-def _descriptor_lines(w_shape: str, w_block: str) -> list[str]:
-    """The launcher's choice of mainloop: tensor descriptors where TMA can run and the
-    configuration asks for them (the persistent loop: a program per SM), else pointers."""
-    return [
-        "    x_desc = w_desc = None",
-        '    if loop == "pointer" or not tma:',
-        '        loop = "pointer"',
-        "    else:",
-        "        x_desc = TensorDescriptor(x, [M, K], [x.stride(0), 1], [block_m, block_k])",
-        f"        w_desc = TensorDescriptor(weight, {w_shape}, [weight.stride(0), 1], {w_block})",
-        '        if loop != "tma":  # persistent: a program per SM',
-        "            grid = min(grid, _device_info(x.device)[1])",
-    ]
-
-
-def _config_keywords(wide: str) -> list[str]:
-    """The GEMM kernel launch's keywords that every mainloop takes from the
-    configuration (`wide`: the expression for WIDE)."""
-    return [
-        "        BLOCK_M=block_m,",
-        "        BLOCK_N=block_n,",
-        "        BLOCK_K=block_k,",
-        "        GROUP_M=group_m,",
-        '        TMA=loop != "pointer",',
-        '        FLATTEN=loop == "persistent",',
-        f"        WIDE={wide},",
-        "        UPCAST_DOT=_INTERPRET,",
-    ]
-
-
-_WARPS_STAGES = ["        num_warps=num_warps,", "        num_stages=num_stages,", "    )"]
-
-
-def _launcher(kernel: Kernel) -> str:
-    positional, keywords = _signature_args(kernel)
-    linear = kernel.gemm is Gemm.LINEAR
-    floats = [f.name for f in kernel.floats]
-    out_dtype = _TORCH_DTYPES[kernel.output_dtype] if kernel.output_dtype else "x.dtype"
-    strides = ["x.stride(0)", "x.stride(1)"]
-    strides += (
-        ["weight.stride(1)", "weight.stride(0)"]
-        if linear
-        else ["weight.stride(0)", "weight.stride(1)"]
-    )
-    strides += ["out.stride(0)", "out.stride(1)"]
-    for operand in _strided(kernel):
-        strides += [f"{operand.name}.stride({i})" for i in range(len(_stride_names(operand)))]
-    tensors = ["x", "weight"] + (["bias"] if kernel.has_bias else []) + ["out"]
-    tensors += [t.name for t in kernel.tensors]
-    kernel_args = [*tensors, "x_desc", "w_desc", "M", "N", "K", *strides, *floats]
-    w_block = "[block_n, block_k]" if linear else "[block_k, block_n]"
-    w_shape = "[N, K]" if linear else "[K, N]"
-    if kernel.row_ops:
-        run = _row_launch(kernel, positional, floats, kernel_args, out_dtype, w_shape, w_block)
-    else:
-        plain_args = list(kernel_args)
-        plain_args.insert(plain_args.index("x_desc"), "split_partials, split_counts")
-        run = [
-            f"def _launch(config, tma, {', '.join(positional + floats)}):",
-            '    """Run the kernel with a given configuration; the arguments are already checked,',
-            '    `tma` is _tma_ready(x, weight)."""',
-            "    M, K = x.shape",
-            f"    N = weight.shape[{0 if linear else 1}]",
-            f"    out = torch.empty((M, N), device=x.device, dtype={out_dtype})",
-            "    if M == 0 or N == 0:",
-            "        return out",
-            "    block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k = config",
-            "    grid = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)",
-            *_descriptor_lines(w_shape, w_block),
-            '    if loop == "persistent" or grid * split_k * block_m * block_n >= 2**31:',
-            "        split_k = 1  # (a tuning file's entry may ask; int32 workspace offsets)",
-            "    split_partials = split_counts = out  # (unused without split-K)",
-            "    if split_k > 1:",
-            "        split_partials = torch.empty(",
-            "            grid * split_k * block_m * block_n, device=x.device, dtype=torch.float32",
-            "        )",
-            "        split_counts = _split_counts(x.device, grid)",
-            f"    {kernel.name}_kernel[(grid, split_k)](",
-            *(f"        {a}," for a in plain_args),
-            *_config_keywords(f"_wide({', '.join(tensors)})"),
-            "        SUBTILES=2 if block_n >= 256 else 1,",
-            "        SPLIT_K=split_k,",
-            *_WARPS_STAGES,
-            "    return out",
-        ]
-    sig = positional + (["*", *keywords] if keywords else [])
-    shapes = {Kind.TILE: "(M, N)", Kind.COL: "(N,)", Kind.ROW: "(M,)", Kind.SCALAR: "()"}
-    checks = [f"    M, N, K = _check_gemm(x, weight, linear={linear})"]
-    if kernel.has_bias:
-        checks.append('    _check_tensor("bias", bias, (N,), x)')
-    for t in kernel.tensors:
-        shape = shapes[t.kind] if t.pool == 1 else f"(N // {t.pool},)"
-        checks.append(f'    _check_tensor("{t.name}", {t.name}, {shape}, x)')
-    for f in floats:
-        checks.append(f'    {f} = _check_float("{f}", {f})')
-    call_args = ", ".join(positional + floats)
-    doc = _launcher_doc(kernel)
-    public = [
-        f"def {kernel.name}({', '.join(sig)}):",
-        *doc,
-        *checks,
-        "    tma = _tma_ready(x, weight)",
-        "    config = _choose(M, N, K, x, tma)",
-        "    if _INTERPRET or x.device.index == torch.cuda.current_device():",
-        f"        return _launch(config, tma, {call_args})",
-        "    with torch.cuda.device(x.device):",
-        f"        return _launch(config, tma, {call_args})",
-    ]
-    return "\n".join(run) + "\n\n\n" + "\n".join(public) + "\n"
-
-
-def _row_launch(
-    kernel: Kernel,
-    positional: list[str],
-    floats: list[str],
-    kernel_args: list[str],
-    out_dtype: str,
-    w_shape: str,
-    w_block: str,
-) -> list[str]:
-    """`_launch` for a kernel with row operations: the plan (kgen/rows.py), the GEMM
-    kernel, and the finishing kernel when a row operation runs in two passes."""
-    linear = kernel.gemm is Gemm.LINEAR
-    columns, pool = kernel.output_columns()
-    out_shape = {"N": f"(M, N // {pool})", "1": "(M, 1)", "": "(M, 1)"}[columns]
-    view = ".view(M)" if columns == "" else ""
-    reduces = tuple(s.rowdef.reduces for s in rows.steps(kernel))
-    gemm_args = list(kernel_args)
-    gemm_args.insert(gemm_args.index("out") + 1, "row_stats")
-    gemm_args.insert(gemm_args.index("K") + 1, "tile_n, seg_n, seg_tiles, num_segs")
-    pointers = ["out", "row_stats"] + (["bias"] if kernel.has_bias else [])
-    pointers += [t.name for t in kernel.tensors]
-    strides = [a for a in kernel_args[kernel_args.index("K") + 1 :] if a not in floats]
-    strides = [s for s in strides if not s.startswith(("x.", "weight."))]
-    finish_args = [*pointers, "M", "N", *strides, "tile_n, seg_n, seg_tiles, num_segs", *floats]
-    tensors = ["x", "weight"] + (["bias"] if kernel.has_bias else []) + ["out"]
-    tensors += [t.name for t in kernel.tensors]
-    doc = '    """Run the kernels with a given configuration; the arguments are already checked,'
+def _declaration(kernel: Kernel) -> str:
+    """`_OP`, the module's kgen.runtime.GemmOp: what the runtime needs to know of the
+    spec to check, plan and launch a call."""
+    name = kernel.name
     lines = [
-        f"def _launch(config, tma, {', '.join(positional + floats)}):",
-        doc,
-        '    `tma` is _tma_ready(x, weight)."""',
-        "    M, K = x.shape",
-        f"    N = weight.shape[{0 if linear else 1}]",
-        f"    out = torch.empty({out_shape}, device=x.device, dtype={out_dtype})",
+        "_OP = _runtime.GemmOp(",
+        f"    {name!r},",
+        f"    {name}_kernel,",
+        f"    linear={kernel.gemm is Gemm.LINEAR},",
+        f"    bias={kernel.has_bias},",
     ]
-    lines += [
-        "    if out.numel() == 0:",
-        f"        return out{view}",
-        "    # (row kernels do not split K: the configuration's split_k is not used)",
-        "    block_m, block_n, block_k, group_m, num_warps, num_stages, loop, _ = config",
-        "    row_split, tile_n, seg_n, seg_tiles, num_segs, row_block_n, row_consts, block_t = _row_plan(N, block_n)",
-        "    if row_block_n > block_n:",
-        "        # a whole row in one tile: fewer rows, as many accumulator registers, and a",
-        "        # shorter k step so that a pipeline stage's shared memory does not grow",
-        "        stage_elements = (block_m + block_n) * block_k",
-        "        block_m = max(16, block_m * block_n // row_block_n)",
-        "        while block_k > 16 and (block_m + row_block_n) * block_k > stage_elements:",
-        "            block_k //= 2",
-        "    block_n = row_block_n",
-        "    grid = triton.cdiv(M, block_m) * max(1, num_segs * seg_tiles)",
-        "    row_stats = out  # (unused without a split)",
-        "    if row_split >= 0:",
-        f"        row_stats = torch.empty(({rows.stat_count(kernel)}, M, num_segs * seg_tiles), device=x.device, dtype=torch.float32)",
-        *_descriptor_lines(w_shape, w_block),
-        f"    wide_index = _wide({', '.join(tensors)})",
-        f"    {kernel.name}_kernel[(grid,)](",
-        *(f"        {a}," for a in gemm_args),
-        *_config_keywords("wide_index"),
-        "        SPLIT=row_split,",
-        "        ALIGNED=tile_n == block_n and (num_segs == 1 or seg_n % block_n == 0),",
-        "        **row_consts,",
-        *_WARPS_STAGES,
-    ]
-    if rows.finish_needed(kernel):
+    if kernel.tensors:
+        lines.append("    tensors=(")
+        lines += [f"        ({t.name!r}, {_KINDS[t.kind]!r}, {t.pool})," for t in kernel.tensors]
+        lines.append("    ),")
+    if kernel.floats:
+        lines.append("    floats=(")
+        for f in kernel.floats:
+            default = None if f.default is None else _literal(float(f.default))
+            lines.append(f"        ({f.name!r}, {default}),")
+        lines.append("    ),")
+    if kernel.output_dtype:
+        lines.append(f"    out_dtype={_TORCH_DTYPES[kernel.output_dtype]},")
+    if kernel.row_ops:
+        columns, pool = kernel.output_columns()
+        reduces = tuple(s.rowdef.reduces for s in rows.steps(kernel))
         lines += [
-            "    if row_split >= 0:",
-            f"        finish_chunks = seg_tiles if _SPLIT_REDUCES[row_split] else {rows.FINISH_CHUNKS}",
-            f"        grid = (triton.cdiv(M, {rows.FINISH_BLOCK_M}), max(1, num_segs), triton.cdiv(seg_tiles, finish_chunks))",
-            f"        {kernel.name}_finish[grid](",
-            *(f"            {a}," for a in finish_args),
-            "            SPLIT=row_split,",
-            f"            BLOCK_M={rows.FINISH_BLOCK_M},",
-            "            BLOCK_N=block_n,",
-            "            BLOCK_T=block_t,",
-            "            CHUNKS=finish_chunks,",
-            "            WIDE=wide_index,",
-            "            num_warps=4,",
-            "        )",
+            "    rows=_runtime.Rows(",
+            "        ops=(",
+            *(f"            _runtime.RowOp{tuple(op)!r}," for op in rows.table(kernel)),
+            "        ),",
+            f"        stats={rows.stat_count(kernel)},",
+            f"        finish={name + '_finish' if rows.finish_needed(kernel) else None},",
+            f"        reduces={reduces!r},",
+            f"        columns={columns!r},",
+            f"        pool={pool},",
+            "    ),",
         ]
-    lines.append(f"    return out{view}")
-    return [
-        "# for each row operation: does it reduce (cut there, the finishing kernel stores",
-        "# one value per row)?",
-        f"_SPLIT_REDUCES = {reduces!r}",
-        "",
-        "",
-        *lines,
+    lines += [
+        f'    tuning_file=os.path.join(os.path.dirname(os.path.abspath(__file__)), "{name}.tuning.json"),',
+        ")",
     ]
+    return "\n".join(lines) + "\n"
+
+
+def _function(kernel: Kernel) -> str:
+    positional, keywords = _signature_args(kernel)
+    sig = positional + (["*", *keywords] if keywords else [])
+    call = ", ".join(positional + [f.name for f in kernel.floats])
+    lines = [
+        f"def {kernel.name}({', '.join(sig)}):",
+        *_launcher_doc(kernel),
+        f"    return _OP({call})",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _epilogue_text(kernel: Kernel) -> str:
@@ -905,14 +599,21 @@ def _epilogue_text(kernel: Kernel) -> str:
 def _launcher_doc(kernel: Kernel) -> list[str]:
     in_f, out_f = kernel.in_features, kernel.out_features
     if kernel.gemm is Gemm.LINEAR:
-        gemm = f"x[M, {in_f}] @ weight[{out_f}, {in_f}]^T"
+        gemm = f"x[*, {in_f}] @ weight[{out_f}, {in_f}]^T"
     else:
-        gemm = f"x[M, {in_f}] @ weight[{in_f}, {out_f}]"
+        gemm = f"x[*, {in_f}] @ weight[{in_f}, {out_f}]"
+    columns, pool = kernel.output_columns() if kernel.row_ops else ("N", 1)
+    shape = {
+        "N": f"[*, {out_f}]" if pool == 1 else f"[*, {out_f} // {pool}]",
+        "1": "[*, 1]",
+        "": "[*]",
+    }[columns]
     out = kernel.output_dtype or "x's dtype"
     return [
         '    """' + f"{gemm} in fp32, then the epilogue `{_epilogue_text(kernel)}`.",
         "",
-        f"    Returns a new [M, {out_f}] tensor in {out}. Built by kgen from {kernel.filename}.",
+        f"    Returns a new {shape} tensor in {out} (`*`: x's leading dimensions). Built by kgen",
+        f"    from {kernel.filename}.",
         '    """',
     ]
 
@@ -983,7 +684,7 @@ def _module_class(kernel: Kernel) -> str:
     inputs = [t.name for t in kernel.tensors if t.role is Role.INPUT]
     call = ["x", "self.weight"] + (["self.bias"] if kernel.has_bias else [])
     call += [t.name if t.role is Role.INPUT else f"self.{t.name}" for t in kernel.tensors]
-    call += [f"{f.name}=self.{f.name}" for f in kernel.floats]
+    call += [f"self.{f.name}" for f in kernel.floats]
     lines = [
         "class ModelNew(nn.Module):",
         f'    """The {kernel.name} kernel as a module: seeded construction gives the same parameters',
@@ -994,13 +695,22 @@ def _module_class(kernel: Kernel) -> str:
         *body,
         "",
         f"    def forward({', '.join(['self', 'x', *inputs])}):",
-        f"        return {kernel.name}({', '.join(call)})",
+        f"        return _OP({', '.join(call)})",
     ]
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------
 # The module
+
+
+def _uses_torch(kernel: Kernel) -> bool:
+    """Does the module name `torch` (an output dtype, or parameters ModelNew makes)?"""
+    return bool(
+        kernel.output_dtype
+        or kernel.gemm is Gemm.MATMUL
+        or any(o.role in (Role.VECTOR, Role.SCALAR) for o in kernel.operands)
+    )
 
 
 def emit_module(kernel: Kernel) -> str:
@@ -1018,28 +728,22 @@ def emit_module(kernel: Kernel) -> str:
         *spec,
         f'"""{kernel.name}: a fused GEMM + epilogue kernel generated by kgen."""',
         "",
-        "import json",
-        *(["import math"] if kernel.row_ops else []),
         "import os",
-        "import warnings",
         "",
-        "import torch",
+        *(["import torch"] if _uses_torch(kernel) else []),
         "import triton",
         "import triton.language as tl",
         "from torch import nn",
-        "from triton.tools.tensor_descriptor import TensorDescriptor",
+        "",
+        "import kgen.runtime as _runtime",
         "",
         "",
     ]
     sections = [
         _helpers(kernel),
         _kernel(kernel),
-        _RUNTIME.strip("\n"),
-        configs.source().strip("\n"),
-        rows.plan_source(kernel) if kernel.row_ops else "",
-        "" if kernel.row_ops else _SPLIT_COUNTS.strip("\n"),
-        _SELECT.format(tuning_file=f"{kernel.name}.tuning.json").strip("\n"),
-        _launcher(kernel),
+        _declaration(kernel),
+        _function(kernel),
         _module_class(kernel),
     ]
     return "\n".join(parts) + "\n\n\n".join(s for s in sections if s) + "\n"

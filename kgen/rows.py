@@ -3,8 +3,8 @@ reductions and pools, fused into the GEMM kernel's epilogue.
 
 A row operation needs a *segment* of its value's columns: the whole row (softmax,
 layernorm, logsumexp, row_*), a group (groupnorm) or a window (avgpool, maxpool).
-Which strategy runs is decided per launch from N by the module's `_row_plan`
-(generated from `_PLAN` below), since N is known only then:
+Which strategy runs is decided per launch from N by kgen.runtime.rowplan, from the
+table of the kernel's row operations (`table` below), since N is known only then:
 
 1. **In-tile.** Each program's tile holds `tile_n` consecutive GEMM columns, a
    multiple of every segment's width (for a whole-row op, one tile spans the row),
@@ -58,19 +58,14 @@ reductions, gathers and stores here are the only ones row operations add.
 
 from __future__ import annotations
 
-import math
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from kgen.ir import Instr, Kernel, Kind, Operand
 from kgen.ops import OPS, ROW_OPS, RowKind, RowOpDef, absolute_forms
-
-# The widest register tile (columns) a row operation may use: 64 x 256 fp32 values
-# are 64 registers a thread at 8 warps.
-ROW_BLOCK_MAX = 256
-# Rows of a finishing-kernel program, and tiles (chunks of a row) it finishes.
-FINISH_BLOCK_M = 32
-FINISH_CHUNKS = 8
+from kgen.runtime import rowplan
+from kgen.runtime.rowplan import ROW_BLOCK_MAX, RowOp, RowPlan
 
 _FLT_MAX = "3.4028234663852886e38"
 _NSTATS = {"exp": 2, "moments": 3, "sum": 1, "max": 1, "min": 1}
@@ -105,113 +100,28 @@ def steps(kernel: Kernel) -> list[RowStep]:
 
 
 # ---------------------------------------------------------------------------
-# The plan (Python, generated into the module: it runs at every new N)
-
-_PLAN = '''
-def _row_plan(N, block_n):
-    """How the row operations run for N output columns (kgen/rows.py): (split,
-    tile_n, seg_n, seg_tiles, num_segs, BLOCK_N, per-op SEG/NSEG and per-level BN
-    constexprs, BLOCK_T for the finishing kernel)."""
-    plan = _PLANS.get((N, block_n))
-    if plan is not None:
-        return plan
-    lcm, whole, split = 1, False, -1
-    for i, (name, kind, size, pool, trivial, whole_i, can_split) in enumerate(_ROWS):
-        if trivial or split >= 0:
-            continue
-        width = N // pool
-        if kind == "reduce" and width == 0:
-            raise ValueError(f"{_NAME}: {name} needs at least one column, the row has none")
-        if kind == "groupnorm" and width % size:
-            raise ValueError(
-                f"{_NAME}: groupnorm({size}) needs its {width} columns to split into "
-                f"{size} equal groups"
-            )
-        span = None if whole_i else pool * (size if kind == "pool" else width // size)
-        new_lcm = lcm if span is None else math.lcm(lcm, span)
-        new_whole = whole or whole_i
-        need = -(-N // new_lcm) * new_lcm if new_whole else new_lcm
-        if need <= ROW_BLOCK_MAX:
-            lcm, whole = new_lcm, new_whole
-        elif not can_split:
-            raise ValueError(
-                f"{_NAME}: with N = {N}, {name} needs {need} columns in one tile, more "
-                f"than {ROW_BLOCK_MAX}; only a softmax, norm or reduction followed by "
-                "elementwise steps can run in two passes (LANGUAGE.md, Row operations)"
-            )
-        else:
-            split = i
-            seg = pool * (width if whole_i else width // size)
-            if seg % lcm:
-                raise ValueError(
-                    f"{_NAME}: with N = {N}, the groups of {name} do not line up with "
-                    "the row operations before it"
-                )
-    if whole:
-        tile_n = -(-N // lcm) * lcm
-    else:
-        tile_n = lcm * max(1, block_n // lcm)
-    if split >= 0:
-        _, kind, size, pool, _, whole_s, _ = _ROWS[split]
-        width = N // pool
-        seg_n = pool * width if whole_s else pool * (width // size)
-        num_segs = 1 if whole_s else size
-    else:
-        seg_n, num_segs = N, 1
-    seg_tiles = -(-seg_n // tile_n)
-    block = triton.next_power_of_2(tile_n)
-    consts, bn = {}, block
-    for i, (name, kind, size, pool, trivial, whole_i, _) in enumerate(_ROWS):
-        s = ns = 1
-        if not trivial and not whole_i and (split < 0 or i < split):
-            width = N // pool
-            s = size if kind == "pool" else width // size
-            ns = bn // s if s & (s - 1) == 0 else triton.next_power_of_2(-(-bn // s))
-            if kind == "pool":
-                bn = ns
-        consts[f"SEG_{i}"] = s
-        consts[f"NSEG_{i}"] = ns
-        if kind == "pool":
-            consts[f"BN_{i}"] = bn
-    plan = (split, tile_n, seg_n, seg_tiles, num_segs, block, consts, triton.next_power_of_2(seg_tiles))
-    if len(_PLANS) > 4096:
-        _PLANS.clear()
-    _PLANS[(N, block_n)] = plan
-    return plan
-'''
+# The plan: decided per launch by kgen.runtime.rowplan from this table
 
 
-def plan_function(kernel: Kernel) -> Any:
-    """The module's `_row_plan(N, block_n)` for this kernel, as a Python function (the
-    oracle asks it which row operation, if any, runs in two passes)."""
-    import triton
-
-    namespace: dict[str, Any] = {"math": math, "triton": triton}
-    exec(plan_source(kernel), namespace)  # the same source the module runs
-    return namespace["_row_plan"]
-
-
-def plan_source(kernel: Kernel) -> str:
-    rows = []
-    for step in steps(kernel):
-        kind = step.instr.op if step.instr.op == "groupnorm" else step.rowdef.kind.value
-        rows.append(
-            f"    ({step.instr.op!r}, {kind!r}, {step.instr.size}, {step.pool}, "
-            f"{step.trivial}, {step.whole}, {step.can_split}),"
+def table(kernel: Kernel) -> tuple[RowOp, ...]:
+    """The row operations as the runtime's plan reads them, in order."""
+    return tuple(
+        RowOp(
+            s.instr.op,
+            s.instr.op if s.instr.op == "groupnorm" else s.rowdef.kind.value,
+            s.instr.size,
+            s.pool,
+            s.trivial,
+            s.whole,
+            s.can_split,
         )
-    return "\n".join(
-        [
-            f"_NAME = {kernel.name!r}",
-            f"ROW_BLOCK_MAX = {ROW_BLOCK_MAX}",
-            "# (op, kind, groups or window, its input's GEMM columns per column, one value",
-            "# per row?, whole row?, may run in two passes?) of each row operation, in order",
-            "_ROWS = (",
-            *rows,
-            ")",
-            "_PLANS = {}",
-            _PLAN.strip("\n"),
-        ]
+        for s in steps(kernel)
     )
+
+
+def plan_function(kernel: Kernel) -> Callable[[int, int], RowPlan]:
+    """`plan(N, block_n)` for this kernel: what the generated module's runtime runs."""
+    return functools.partial(rowplan.plan, kernel.name, table(kernel))
 
 
 # ---------------------------------------------------------------------------
@@ -734,6 +644,7 @@ __all__ = [
     "RowStep",
     "Writer",
     "gemm_epilogue",
-    "plan_source",
+    "plan_function",
     "steps",
+    "table",
 ]

@@ -15,8 +15,9 @@ For each spec, dtype and shape:
    GPU's name, the dtype and the shape's bucket (`configs.bucket`), which the module
    reads at import.
 
-Only the module's own entry points are used (`_launch`, `_tma_ready`), so what is
-tuned is exactly what a user's call runs.
+Candidates run through the module's own call (`_OP`, kgen.runtime.GemmOp: a plan per
+configuration, launched as a user's call launches it), so what is tuned is exactly
+what a user's call runs.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import triton
 
 from kgen import configs
 from kgen.ir import Gemm, Kernel, Kind
+from kgen.runtime import devices
 
 MAX_SPILLS = 64  # words of local memory a candidate may spill and still be timed
 FINALISTS = 3
@@ -92,11 +94,12 @@ def float_values(kernel: Kernel, floats: dict[str, float]) -> list[float]:
 
 
 class _Capture:
-    """Stands in for the module's kernel while `_launch` runs: compiles without
-    launching and keeps the compiled kernel, so its resources can be read."""
+    """Stands in for the module's kernel while a launch is planned and run: compiles
+    without launching and keeps the compiled kernel, so its resources can be read."""
 
     def __init__(self, jit: Any) -> None:
         self.jit = jit
+        self.arg_names = jit.arg_names
         self.compiled: Any = None
 
     def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., Any]:
@@ -204,8 +207,8 @@ def compile_all(
     workers: int = 8,
 ) -> list[Candidate]:
     """Compile every candidate in parallel; read registers, spills and shared memory."""
-    name = f"{kernel.name}_kernel"
-    jit = getattr(module, name)
+    op = module._OP
+    jit = op.kernel
     results = [Candidate(c) for c in cands]
     captures: list[_Capture | None] = []
     with (
@@ -214,15 +217,15 @@ def compile_all(
     ):
         for result in results:
             capture: _Capture | None = _Capture(jit)
-            setattr(module, name, capture)
+            op.kernel = capture
             try:
-                module._launch(result.config, tma, *args, *values)
+                op.launch(result.config, *args, *values, tma=tma)
                 captures.append(capture)
             except Exception as err:  # a candidate that cannot build
                 result.error = f"{type(err).__name__}: {err}"[:200]
                 captures.append(None)
             finally:
-                setattr(module, name, jit)
+                op.kernel = jit
     for result, capture in zip(results, captures, strict=True):
         if capture is None or result.error:
             continue
@@ -253,10 +256,10 @@ def tune_case(
 
     args, floats = inputs(kernel, shape, dtype)
     values = float_values(kernel, floats)
-    tma = module._tma_ready(args[0], args[1])
-    num_sms = module._device_info(args[0].device)[1]  # what a persistent launch uses
+    tma = devices.tma_ready(args[0], args[1])
+    num_sms = devices.device(args[0].device).num_sms  # what a persistent launch uses
     cands = configs.candidates(shape.M, shape.N, shape.K, dtype, tma, num_sms)
-    default = tuple(module._heuristic(shape.M, shape.N, shape.K, dtype, tma, num_sms))
+    default = configs._heuristic(shape.M, shape.N, shape.K, dtype, tma, num_sms)
     if kernel.row_ops:  # row kernels do not split K (kgen/configs.py)
         cands = [c for c in cands if c[7] == 1]
         default = (*default[:7], 1)
@@ -265,7 +268,9 @@ def tune_case(
     results = compile_all(module, kernel, cands, args, values, tma)
 
     def measure(config: configs.Config, rep: int) -> float:
-        return median_ms(lambda: module._launch(config, tma, *args, *values), warmup=5, rep=rep)
+        call = (*args, *values)
+        plan = module._OP.plan(*call, config=config, tma=tma)
+        return median_ms(lambda: plan.run(call), warmup=5, rep=rep)
 
     def spills(r: Candidate) -> bool:
         return r.spills > MAX_SPILLS and r.config != default

@@ -42,7 +42,7 @@ def run(module: ModuleType, kernel: Kernel, config: tuple[int, ...] | None, args
     if config is None:
         return getattr(module, kernel.name)(*args, **floats)
     values = [float(floats.get(f.name, f.default)) for f in kernel.floats]
-    return module._launch(config, module._tma_ready(args[0], args[1]), *args, *values)
+    return module._OP.launch(config, *args, *values)
 
 
 def build_and_import(

@@ -13,6 +13,7 @@ from helpers import build_and_import, committed
 from seed_models import SEEDS
 
 from kgen import testing
+from kgen.runtime import devices
 
 M, K, N = 1024, 8192, 8192
 pytestmark = pytest.mark.gpu
@@ -80,10 +81,9 @@ def test_offsets_past_2_31(M: int, N: int, K: int, loop: str) -> None:
     weight = (torch.randn(N, K, device="cuda", generator=gen) / K**0.5).half()
     bias = torch.randn(N, device="cuda", dtype=torch.float16, generator=gen)
     assert max(x.numel(), M * N) > 2**31
-    tma = module._tma_ready(x, weight)
-    assert tma
+    assert devices.tma_ready(x, weight)
     config = (64, 64, 16 if K == 16 else 64, 8, 4, 3, loop, 1)
-    out = module._launch(config, tma, x, weight, bias, 2.0)
+    out = module._OP.launch(config, x, weight, bias, 2.0)
     rows = torch.cat([torch.arange(0, 64), torch.randint(0, M, (64,)), torch.arange(M - 64, M)])
     rows = rows.to("cuda")
     expected_rows = testing.evaluations(kernel, x[rows], weight, bias)[0]

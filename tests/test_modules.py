@@ -108,9 +108,11 @@ def _seed_call() -> tuple[object, list[torch.Tensor]]:
 @pytest.mark.parametrize(
     ("mutate", "error", "match"),
     [
-        (lambda a: [a[0][0], *a[1:]], ValueError, "x must be 2-D"),
-        (lambda a: [a[0].unsqueeze(0), *a[1:]], ValueError, "x must be 2-D"),
+        (lambda a: [a[0][0, 0], *a[1:]], ValueError, r"x must be \[\*, K\]"),
+        (lambda a: [a[0][0], a[1][0], a[2]], ValueError, "weight must be 2-D"),
+        (lambda a: [a[0].unsqueeze(0), a[1][None], a[2]], ValueError, "weight must be 2-D"),
         (lambda a: [a[0], a[1][:, :7], a[2]], ValueError, "K differs"),
+        (lambda a: [a[0].unsqueeze(0), a[1][:, :7], a[2]], ValueError, "K differs"),
         (lambda a: [a[0].half(), *a[1:]], TypeError, "same dtype"),
         (lambda a: [a[0].double(), a[1].double(), a[2]], TypeError, "float64"),
         (lambda a: [a[0].int(), a[1].int(), a[2]], TypeError, "int32"),

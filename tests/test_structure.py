@@ -74,10 +74,9 @@ def test_every_identifier_is_accounted_for(path) -> None:
         n
         for n in tree.body
         if isinstance(n, (ast.FunctionDef, ast.ClassDef))
-        and n.name
-        in (f"{kernel.name}_kernel", f"{kernel.name}_finish", "_launch", kernel.name, "ModelNew")
+        and n.name in (f"{kernel.name}_kernel", f"{kernel.name}_finish", kernel.name, "ModelNew")
     ]
-    assert len(scopes) == 4 + any(s.name == f"{kernel.name}_finish" for s in scopes)
+    assert len(scopes) == 3 + any(s.name == f"{kernel.name}_finish" for s in scopes)
     names = set()
     for scope in scopes:
         names |= {n.id for n in ast.walk(scope) if isinstance(n, ast.Name)}
@@ -119,9 +118,6 @@ def test_chosen_config_is_a_candidate(
     if chosen[7] > 1:  # split-K: few tiles, every split 4 k-steps or more
         tiles = triton.cdiv(M, chosen[0]) * triton.cdiv(N, chosen[1])
         assert tiles * chosen[7] <= 132 and triton.cdiv(K, chosen[2]) >= 4 * chosen[7]
-    _, module = committed("gemm_sigmoid_residual")
-    assert module._heuristic(M, N, K, dtype, tma, 132) == chosen  # the module's copy
-    assert module._bucket(M, N, K) == configs.bucket(M, N, K)
 
 
 def test_specs_cover_the_language() -> None:

@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kgen import bench, cli, configs, reference, tune
+from kgen.runtime import devices
 
 SPEC = "gemm: linear(in_features, out_features)\nepilogue: bias; gelu\n"
 
@@ -92,36 +93,34 @@ def test_module_launches_its_tuned_configuration(tmp_path) -> None:
     tuned = [16, 32, 16, 1, 4, 2, "pointer", 2]
     path = tmp_path / f"{compiled.kernel.name}.tuning.json"
     path.write_text(json.dumps({"interpreter": {"float32": {configs.bucket(20, 40, 48): tuned}}}))
-    module._TUNING.update(module._load_tuning(path))
-    module._DEVICES.clear()
-    module._CHOSEN.clear()
+    op = module._OP
+    op.tuning.update(devices.load_tuning(str(path)))
+    op.forget()
     try:
-        assert module._choose(20, 40, 48, x, True) == tuple(tuned)
-        assert module._choose(20, 40, 48, x.half(), True) == module._heuristic(
+        assert op.choose(20, 40, 48, x.dtype, True, x.device) == tuple(tuned)
+        assert op.choose(20, 40, 48, torch.float16, True, x.device) == configs._heuristic(
             20, 40, 48, torch.float16, True, 3
         )  # another dtype: not tuned
+        plan = op.plan(x, torch.randn(40, 48), torch.randn(40))
+        assert plan.launches[0].arguments()["SPLIT_K"] == 2  # a call plans with it
     finally:
-        module._TUNING.clear()
-        module._DEVICES.clear()
-        module._CHOSEN.clear()
+        op.tuning.clear()
+        op.forget()
 
 
 def test_a_tuned_tma_configuration_is_not_used_where_tma_cannot_run(tmp_path) -> None:
     _, module = build_and_import(SPEC, tmp_path)
     x = torch.randn(20, 48)
-    module._TUNING["interpreter"] = {
+    op = module._OP
+    op.tuning["interpreter"] = {
         "float32": {configs.bucket(20, 40, 48): [16, 32, 16, 1, 4, 2, "persistent", 1]}
     }
-    module._DEVICES.clear()
-    module._CHOSEN.clear()
     try:
-        assert module._choose(20, 40, 48, x, False) == module._heuristic(
+        assert op.choose(20, 40, 48, x.dtype, False, x.device) == configs._heuristic(
             20, 40, 48, torch.float32, False, 3
         )
     finally:
-        module._TUNING.clear()
-        module._DEVICES.clear()
-        module._CHOSEN.clear()
+        op.tuning.clear()
 
 
 @pytest.mark.parametrize(
@@ -200,16 +199,15 @@ def test_committed_tuning_files_hold_candidates() -> None:
     ],
 )
 def test_a_broken_tuning_file_falls_back_to_the_heuristic(text: str, warns: bool, tmp_path) -> None:
-    compiled, module = build_and_import(SPEC, tmp_path)
-    path = tmp_path / f"{compiled.kernel.name}.tuning.json"
+    path = tmp_path / "spec.tuning.json"
     path.write_text(text, encoding="latin-1")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table = module._load_tuning(path)
+        table = devices.load_tuning(str(path))
     assert any("not a kgen tuning file" in str(w.message) for w in caught) == warns
     assert isinstance(table, dict)
     bucket = configs.bucket(20, 40, 48)
-    assert module._tuned(table.get("interpreter", {}), torch.float32, bucket, True) is None
+    assert configs._tuned(table.get("interpreter", {}), torch.float32, bucket, True) is None
 
 
 @pytest.mark.parametrize(
@@ -226,18 +224,16 @@ def test_a_broken_tuning_file_falls_back_to_the_heuristic(text: str, warns: bool
     ],
 )
 def test_an_unusable_tuned_entry_is_ignored(entry: object, tmp_path) -> None:
-    _, module = build_and_import(SPEC, tmp_path)
     table = {"float32": {configs.bucket(20, 40, 48): entry}}
-    assert module._tuned(table, torch.float32, configs.bucket(20, 40, 48), True) is None
+    assert configs._tuned(table, torch.float32, configs.bucket(20, 40, 48), True) is None
 
 
-def test_expanded_or_overlapping_rows_do_not_go_through_tma(tmp_path) -> None:
-    _, module = build_and_import(SPEC, tmp_path)
+def test_expanded_or_overlapping_rows_do_not_go_through_tma() -> None:
     weight = torch.randn(40, 48)
-    assert module._tma_ready(torch.randn(20, 48), weight)
-    assert not module._tma_ready(torch.randn(1, 48).expand(20, 48), weight)
-    assert not module._tma_ready(torch.randn(20 * 8 + 48).as_strided((20, 48), (8, 1)), weight)
-    assert not module._tma_ready(torch.randn(20, 48), torch.randn(1, 48).expand(40, 48))
+    assert devices.tma_ready(torch.randn(20, 48), weight)
+    assert not devices.tma_ready(torch.randn(1, 48).expand(20, 48), weight)
+    assert not devices.tma_ready(torch.randn(20 * 8 + 48).as_strided((20, 48), (8, 1)), weight)
+    assert not devices.tma_ready(torch.randn(20, 48), torch.randn(1, 48).expand(40, 48))
 
 
 @pytest.mark.parametrize(("option", "value"), [("--shapes", ","), ("--dtypes", " ")])

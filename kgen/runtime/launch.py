@@ -1,0 +1,333 @@
+"""Plans: what a call launches for one layout of its arguments, decided once and
+replayed on every later call with that layout.
+
+A call's *layout* (`layout_key`) is what Triton and kgen decide a launch from: each
+tensor argument's type, shape, strides, dtype, device and address modulo 16. For a
+new layout the call is checked, its configuration chosen and its launches built into
+a `Plan` (kgen.runtime.op): each kernel's arguments in the kernel's order, with the
+per-call values -- the tensors' addresses, the output and scratch buffers, tensor
+descriptors and float params -- left as slots.
+
+The first run launches through Triton's `kernel[grid](...)`, which compiles if it
+must, and keeps the compiled kernel. Later runs launch that kernel through its
+launcher directly (`Launch.direct`), with the tensors' addresses as integers. That is
+safe because Triton specializes a kernel only on its arguments' dtypes, on `== 1` and
+16-byte divisibility of its integer and pointer arguments, and on its constexprs: a
+plan's integer arguments and constexprs are functions of the layout, and the key
+holds every input's dtype and alignment (the output's and scratch buffers' are
+checked per call). Whatever the direct launch cannot take -- the interpreter, launch
+hooks (profilers), scratch memory, a launcher of another shape -- goes through
+`kernel[grid](...)` every time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import triton
+from triton.compiler import CompiledKernel
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from kgen.runtime.devices import INTERPRET
+
+_RUNTIME_KNOBS = triton.knobs.runtime
+
+# The current device and stream, as Triton's own launch reads them.
+_current_device: Callable[[], int] = getattr(
+    torch._C, "_cuda_getDevice", lambda: torch.cuda.current_device()
+)
+_current_stream: Callable[[int], int] = getattr(
+    torch._C,
+    "_cuda_getCurrentRawStream",
+    lambda index: torch.cuda.current_stream(index).cuda_stream,
+)
+
+
+def layout_key(tensors: Sequence[Any]) -> tuple[Any, ...]:
+    """The layout of a call's tensor arguments; AttributeError or TypeError for an
+    argument that is no tensor."""
+    key: list[Any] = []
+    for t in tensors:
+        key += (type(t), t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() & 15)
+    return tuple(key)
+
+
+def _hooks_idle() -> bool:
+    """No launch hooks (a profiler's) are installed: Triton 3.6 keeps them in chains."""
+    for hook in (_RUNTIME_KNOBS.launch_enter_hook, _RUNTIME_KNOBS.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):
+            return False
+    return True
+
+
+class Launch:
+    """One kernel launch of a plan: its grid, options and arguments in the kernel's
+    order, `slots` naming the positions filled per call (from the run's values)."""
+
+    __slots__ = ("args", "compiled", "direct", "grid", "jit", "options", "slots")
+
+    def __init__(
+        self,
+        jit: Any,
+        grid: tuple[int, int, int],
+        values: dict[str, Any],
+        slots: dict[str, int],
+        options: dict[str, int],
+    ) -> None:
+        self.jit = jit
+        self.grid = grid
+        self.options = options
+        names = list(jit.arg_names)
+        missing = [n for n in names if n not in values and n not in slots]
+        assert not missing, f"no value for the kernel arguments {missing}"
+        self.args = [values.get(n) for n in names]
+        self.slots = tuple((i, slots[n]) for i, n in enumerate(names) if n in slots)
+        self.compiled: Any = None
+        # (launch function, function handle, cooperative, pdl, packed metadata)
+        self.direct: tuple[Callable[..., Any], int, bool, bool, Any] | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """The kernel's arguments by name, per-call ones None (for tests and tools)."""
+        return dict(zip(self.jit.arg_names, self.args, strict=True))
+
+    def fill(self, run_values: Sequence[Any]) -> list[Any]:
+        args = self.args.copy()
+        for position, source in self.slots:
+            args[position] = run_values[source]
+        return args
+
+    def through_triton(self, run_values: Sequence[Any]) -> Any:
+        """Launch with `kernel[grid](...)`, which compiles if it must, and keep the
+        compiled kernel it ran; returns what `kernel[grid](...)` returned."""
+        compiled = self.jit[self.grid](*self.fill(run_values), **self.options)
+        if self.compiled is None and isinstance(compiled, CompiledKernel):
+            self.compiled = compiled
+            self.direct = _direct(compiled, self.jit)
+        return compiled
+
+    def through_launcher(self, run_values: Sequence[Any], stream: int) -> None:
+        launch, function, cooperative, pdl, metadata = self.direct  # type: ignore[misc]
+        g0, g1, g2 = self.grid
+        args = self.fill(run_values)
+        launch(
+            g0,
+            g1,
+            g2,
+            stream,
+            function,
+            cooperative,
+            pdl,
+            None,
+            None,
+            metadata,
+            None,
+            None,
+            None,
+            *args,
+        )
+
+
+def _direct(compiled: Any, jit: Any) -> tuple[Callable[..., Any], int, bool, bool, Any] | None:
+    """How to launch `compiled` without Triton's Python wrappers, if that is safe: a
+    CUDA launcher that needs no scratch memory, for a kernel that reads no globals
+    Triton would check, on a Triton whose launcher takes the arguments we give it."""
+    if not triton.__version__.startswith("3.6."):
+        return None  # the launcher's argument list is Triton's own business: checked on 3.6
+    if getattr(jit, "pre_run_hooks", None) or getattr(jit, "used_global_vals", None):
+        return None
+    try:
+        run = compiled.run  # loads the binary on the current device
+    except Exception:
+        return None
+    if type(run).__name__ != "CudaLauncher":
+        return None
+    if getattr(run, "global_scratch_size", 1) or getattr(run, "profile_scratch_size", 1):
+        return None
+    launch = getattr(run, "launch", None)
+    if launch is None:
+        return None
+    return (
+        launch,
+        compiled.function,
+        bool(run.launch_cooperative_grid),
+        bool(run.launch_pdl),
+        compiled.packed_metadata,
+    )
+
+
+# Allocation without the dispatcher, as Inductor's generated code allocates: (shape,
+# strides, dtype) on the current device; torch.empty where torch has no such helper.
+_empty_cuda: Callable[..., torch.Tensor] | None = getattr(
+    getattr(torch._C, "_dynamo", None) and torch._C._dynamo.guards, "_empty_strided_cuda", None
+)
+
+
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def descriptor(template: TensorDescriptor, base: torch.Tensor) -> TensorDescriptor:
+    """`template` over another tensor of the same layout (its checks were made once,
+    for the template)."""
+    desc = object.__new__(TensorDescriptor)
+    desc.__dict__.update(template.__dict__)
+    desc.base = base
+    return desc
+
+
+# Where a plan's per-call values stand among a run's values, after the call's n tensors
+# (then come its float params): run_values[n + OUT] is the output, and so on.
+OUT, SCRATCH, COUNTS, DESC0, DESC1 = range(5)
+FLOATS = 5
+
+
+class Plan:
+    """What a call with one layout runs: the buffers it allocates and its launches.
+
+    `run(args)` takes the call's arguments as the call got them -- its `n` tensors,
+    then its float params -- and returns the output. The launches' slots index the run
+    values: the tensors, then the output, the scratch buffer, the split-K counters, the
+    two tensor descriptors (None where unused), then the floats."""
+
+    __slots__ = (
+        "copies",
+        "counts",
+        "descs",
+        "device",
+        "direct",
+        "index",
+        "launches",
+        "n",
+        "out_2d",
+        "out_dtype",
+        "out_shape",
+        "out_strides",
+        "scratch",
+        "views",
+    )
+
+    def __init__(
+        self,
+        device: torch.device,
+        views: Sequence[tuple[int, ...] | None],
+        copies: Sequence[int],
+        out_shape: tuple[int, ...],
+        out_2d: tuple[int, int],
+        out_dtype: torch.dtype,
+        scratch: tuple[tuple[int, ...], torch.dtype] | None = None,
+        counts: int = 0,
+        descs: Sequence[tuple[int, TensorDescriptor]] = (),
+        launches: Sequence[Launch] = (),
+    ) -> None:
+        self.device = device
+        self.index = device.index if device.type == "cuda" else -1
+        self.n = len(views)
+        # the shape the kernel sees each tensor in (2-D, or 1-D for [M]), where it
+        # differs; `copies`: those whose strides allow no view, copied per call
+        self.views = tuple(views)
+        self.copies = tuple(copies)
+        self.out_shape = out_shape
+        self.out_strides = _contiguous(out_shape)
+        self.out_2d = out_2d
+        self.out_dtype = out_dtype
+        self.scratch = scratch  # (shape, dtype) of a per-call fp32 workspace
+        self.counts = counts  # split-K arrival counters, one per tile
+        self.descs = tuple(descs)  # (which tensor, its descriptor's template)
+        self.launches = tuple(launches)
+        self.direct = False  # every launch can go through its launcher
+
+    def run(self, args: Sequence[Any]) -> torch.Tensor:
+        if self.direct and _hooks_idle():
+            return self._run_direct(args)
+        return self._run_triton(args)
+
+    def _out(self) -> torch.Tensor:
+        if _empty_cuda is not None and self.index >= 0:
+            return _empty_cuda(self.out_shape, self.out_strides, self.out_dtype)
+        return torch.empty(self.out_shape, dtype=self.out_dtype, device=self.device)
+
+    def _buffers(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        scratch = counts = None
+        if self.scratch is not None:
+            shape, dtype = self.scratch
+            scratch = torch.empty(shape, dtype=dtype, device=self.device)
+        if self.counts:
+            counts = split_counts(self.device, self.counts)
+        return scratch, counts
+
+    def _run_triton(self, args: Sequence[Any]) -> torch.Tensor:
+        out = self._out()
+        if not self.launches:
+            return out
+        n = self.n
+        tensors = [
+            t if view is None else t.reshape(view)
+            for t, view in zip(args[:n], self.views, strict=True)
+        ]
+        scratch, counts = self._buffers()
+        descs: list[Any] = [descriptor(template, tensors[i]) for i, template in self.descs]
+        descs += [None] * (2 - len(descs))
+        values = [*tensors, out.view(self.out_2d), scratch, counts, *descs, *args[n:]]
+        for launch in self.launches:
+            launch.through_triton(values)
+        self.direct = all(launch.direct is not None for launch in self.launches)
+        return out
+
+    def _run_direct(self, args: Sequence[Any]) -> torch.Tensor:
+        index = self.index
+        if _current_device() != index:
+            with torch.cuda.device(index):
+                return self._run_direct(args)
+        n = self.n
+        out = self._out()
+        tensors: Sequence[Any] = args[:n]
+        if self.copies:
+            tensors = list(tensors)
+            for i in self.copies:
+                tensors[i] = tensors[i].reshape(self.views[i])
+        values: list[Any] = [t.data_ptr() for t in tensors]
+        out_ptr = out.data_ptr()
+        values.append(out_ptr)
+        scratch, counts = self._buffers()
+        if scratch is None:
+            values.append(None)
+        else:
+            values.append(scratch.data_ptr())
+            out_ptr |= values[-1]
+        values.append(None if counts is None else counts.data_ptr())
+        for i, template in self.descs:
+            values.append(descriptor(template, tensors[i]))
+        values += [None] * (2 - len(self.descs))
+        values += args[n:]
+        if out_ptr & 15:  # a buffer the kernel was not specialized for
+            return self._run_triton(args)
+        stream = _current_stream(index)
+        for launch in self.launches:
+            launch.through_launcher(values, stream)
+        return out
+
+
+_SPLIT_COUNTS: dict[tuple[torch.device, int | None], torch.Tensor] = {}
+
+
+def split_counts(device: torch.device, tiles: int) -> torch.Tensor:
+    """Split-K arrival counters, one per tile, for launches on the current stream.
+    Launches on one stream run in order and each tile's last program resets its
+    counter, so one zeroed buffer serves them all; a stream being captured into a CUDA
+    graph gets its own (the graph owns that memory)."""
+    key: tuple[torch.device, int | None] = (device, None)
+    if not INTERPRET:
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros(tiles, device=device, dtype=torch.int32)
+        key = (device, torch.cuda.current_stream(device).cuda_stream)
+    counts = _SPLIT_COUNTS.get(key)
+    if counts is None or counts.numel() < tiles:
+        counts = torch.zeros(max(tiles, 1024), device=device, dtype=torch.int32)
+        _SPLIT_COUNTS[key] = counts
+    return counts

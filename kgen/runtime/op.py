@@ -1,0 +1,447 @@
+"""`GemmOp`: a generated kernel's call, as the generated function and `ModelNew` make
+it (LANGUAGE.md, "What a generated module offers").
+
+A call takes `x` and `weight`, the spec's tensor operands and its float params, in
+that order (`GemmOp.__call__(*args)`), and goes one of three ways:
+
+1. **The lean path** (eager, the common case): the layout of the tensors
+   (kgen.runtime.launch.layout_key) finds the plan an earlier call made, and the plan
+   launches the compiled kernels directly. A call costs a dict lookup, an allocation
+   and a launch.
+2. **A first call** with a layout (or any call the lean path does not take): autocast,
+   the argument checks (TypeError / ValueError before any launch), the configuration
+   (the tuning file, else kgen.configs' heuristic) and the plan, launched through
+   Triton's `kernel[grid](...)` and kept for the next call.
+3. **The operator** `torch.ops.kgen.<name>`, whenever PyTorch must see the call:
+   under torch.compile or torch.export (Dynamo traces it as one node, with a fake
+   implementation for shapes), under a torch function or dispatch mode, a functorch
+   transform, or with tensor subclasses. Its implementation is path 1 or 2. The
+   dispatcher costs more than a whole lean call on the CPU, so eager calls skip it.
+
+Inputs are `[*, K]` as for `nn.Linear`: the leading dimensions flatten to M (a view
+wherever the strides allow) and lead the output and every per-row operand. Under
+`torch.autocast`, `x` and `weight` are cast to the autocast dtype as `nn.Linear` casts
+them, so the GEMM and the output take that dtype; the other operands are read in their
+own dtypes, in fp32, as always.
+
+Gradients are not computed yet: the output never requires grad, in eager and
+compiled code alike (a first call with inputs that require grad warns once).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple
+
+import torch
+import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from kgen import configs
+from kgen.runtime import checks, devices, launch, rowplan
+from kgen.runtime.launch import COUNTS, DESC0, DESC1, FLOATS, OUT, SCRATCH, Launch, Plan
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # tensor types the lean path takes
+_PLANS_MAX = 4096  # plans kept per op; more layouts than this start afresh
+
+_C = torch._C
+_is_compiling = torch.compiler.is_compiling
+_any_autocast: Any = getattr(_C, "_is_any_autocast_enabled", None)
+_functorch_active: Any = getattr(_C, "_are_functorch_transforms_active", lambda: False)
+
+
+def _untraced() -> bool:
+    """No torch.compile, torch function or dispatch mode or functorch transform is
+    active: PyTorch need not see the call. (Dynamo folds `is_compiling()` to True and
+    stops there.)"""
+    return not (
+        _is_compiling()
+        or _C._is_torch_function_mode_enabled()
+        or _C._len_torch_dispatch_stack()
+        or _functorch_active()
+    )
+
+
+def _lean() -> bool:
+    """The lean path may run: untraced, and no autocast (which casts x and weight)."""
+    return _untraced() and not (_any_autocast() if _any_autocast is not None else True)
+
+
+class Rows(NamedTuple):
+    """A kernel's row operations (kgen/rows.py): their table, the fp32 statistics per
+    row and tile of the two-pass strategy, the finishing kernel, which ops reduce, and
+    the output's columns ("N": N // pool of them, "1": [M, 1], "": [M])."""
+
+    ops: tuple[rowplan.RowOp, ...]
+    stats: int
+    finish: Any
+    reduces: tuple[bool, ...]
+    columns: str
+    pool: int
+
+
+# The operators, defined with torch.library's low-level API: through the dispatcher, a
+# call of one cost 5.8 us more than its implementation alone on a 2-core CI-class CPU,
+# against 19.4 us for the same operator made with `torch.library.custom_op`, whose
+# Python layers (an autograd wrapper, device dispatch, an aliasing check) run on every
+# call (bench/call_cost.py measures the dispatcher on the GPU machine). The first module
+# with a kernel name gets `kgen::<name>`; another module of that name in the same
+# process (a rebuilt spec, a test) gets `kgen::<name>_<n>`.
+_LIBRARY = torch.library.Library("kgen", "FRAGMENT")  # type: ignore[no-untyped-call]
+_OPERATORS: set[str] = set()
+
+
+def _register(name: str, schema: str, impl: Any, fake: Any) -> Any:
+    opname, n = name, 1
+    while opname in _OPERATORS or hasattr(torch.ops.kgen, opname):
+        n += 1
+        opname = f"{name}_{n}"
+    _OPERATORS.add(opname)
+    _LIBRARY.define(opname + schema)  # type: ignore[no-untyped-call]
+    _LIBRARY.impl(opname, impl, "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
+    torch.library.register_fake(f"kgen::{opname}", fake, lib=_LIBRARY)
+    return getattr(torch.ops.kgen, opname).default
+
+
+class GemmOp:
+    """The call of one generated kernel. `tensors`: the spec's tensor operands after
+    x, weight and bias, as (name, kind, pool) with kind "tile" ([M, N]), "col" ([N],
+    or [N // pool] after a pool), "row" ([M]) or "scalar"; `floats`: the float params
+    as (name, default or None)."""
+
+    def __init__(
+        self,
+        name: str,
+        kernel: Any,
+        *,
+        linear: bool,
+        bias: bool,
+        tensors: tuple[tuple[str, str, int], ...] = (),
+        floats: tuple[tuple[str, float | None], ...] = (),
+        out_dtype: torch.dtype | None = None,
+        rows: Rows | None = None,
+        tuning_file: str | None = None,
+    ) -> None:
+        self.name = name
+        self.kernel = kernel
+        self.linear = linear
+        self.rows = rows
+        self.out_dtype = out_dtype
+        operands = [("x", "tile", 1), ("weight", "tile", 1)]
+        operands += [("bias", "col", 1)] if bias else []
+        self.operands = (*operands, *tensors)
+        self.n = len(self.operands)
+        self.floats = floats
+        self.tuning: dict[str, Any] = devices.load_tuning(tuning_file) if tuning_file else {}
+        self.plans: dict[tuple[Any, ...], Plan] = {}
+        self._warned = False
+        args = [f"Tensor {o[0]}" for o in self.operands] + [f"float {f[0]}" for f in floats]
+        self.operator = _register(name, f"({', '.join(args)}) -> Tensor", self.eager, self.fake)
+
+    # -- the call ---------------------------------------------------------------
+
+    def __call__(self, *args: Any) -> torch.Tensor:
+        """x, weight, the tensor operands, then the float params."""
+        if _lean():
+            n = self.n
+            try:
+                plan = self.plans[launch.layout_key(args[:n])]
+            except Exception:  # a new layout, or an argument that is no tensor
+                pass
+            else:
+                for v in args[n:]:
+                    if type(v) is not float:
+                        break
+                else:
+                    return plan.run(args)
+        return self.call(*args)
+
+    def call(self, *args: Any) -> torch.Tensor:
+        """The general path: autocast, then the operator where PyTorch must see the
+        call, else the eager implementation (checks, plan, launch)."""
+        n = self.n
+        tensors = list(args[:n])
+        floats = [checks.check_float(f[0], v) for f, v in zip(self.floats, args[n:], strict=True)]
+        x, weight = tensors[0], tensors[1]
+        if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor):
+            where = x.device.type
+            if torch.is_autocast_enabled(where):
+                dtype = torch.get_autocast_dtype(where)
+                tensors[0], tensors[1] = _autocast(x, dtype), _autocast(weight, dtype)
+            if all(isinstance(t, torch.Tensor) for t in tensors) and not (
+                _untraced() and all(type(t) in _PLAIN for t in tensors)
+            ):
+                # no gradients yet: the operator's inputs are detached, as the lean
+                # path's output is
+                return self.operator(*(t.detach() for t in tensors), *floats)  # type: ignore[no-any-return]
+        return self.eager(*tensors, *floats)
+
+    def eager(self, *args: Any) -> torch.Tensor:
+        """The operator's implementation: the plan of the arguments' layout (made and
+        kept if new), run."""
+        n = self.n
+        try:
+            key: tuple[Any, ...] | None = launch.layout_key(args[:n])
+        except Exception:
+            key = None
+        plan = None if key is None else self.plans.get(key)
+        if plan is None:
+            plan = self.plan(*args)
+            if key is not None:
+                if len(self.plans) >= _PLANS_MAX:
+                    self.plans.clear()
+                self.plans[key] = plan
+        return plan.run(args)
+
+    def fake(self, *args: Any) -> torch.Tensor:
+        """The operator's fake implementation: the checks, and an output of the shape,
+        dtype and device a call would return."""
+        lead, N = self._check(args)
+        x: torch.Tensor = args[0]
+        return x.new_empty(self._out_shape(lead, N), dtype=self.out_dtype or x.dtype)
+
+    # -- plans ------------------------------------------------------------------
+
+    def _check(self, args: tuple[Any, ...]) -> tuple[tuple[int, ...], int]:
+        """Every check a call makes before it launches; (leading shape, N)."""
+        n = self.n
+        x, weight = args[0], args[1]
+        lead, _, N, _ = checks.check_gemm(x, weight, self.linear, devices.INTERPRET)
+        for (name, kind, pool), t in zip(self.operands[2:], args[2:n], strict=True):
+            checks.check_tensor(name, t, checks.operand_shape(kind, pool, lead, N), x)
+        for (name, _), v in zip(self.floats, args[n:], strict=True):
+            checks.check_float(name, v)
+        return lead, N
+
+    def _out_shape(self, lead: tuple[int, ...], N: int) -> tuple[int, ...]:
+        rows = self.rows
+        if rows is None:
+            return (*lead, N)
+        if rows.columns == "N":
+            return (*lead, N // rows.pool)
+        return (*lead, 1) if rows.columns == "1" else lead
+
+    def plan(self, *args: Any, config: configs.Config | None = None, tma: bool = True) -> Plan:
+        """Check a call's arguments and plan its launches, with `config` or else the
+        configuration chosen for its shape (the tuning file, else the heuristic);
+        `tma=False` keeps to the pointer mainloop."""
+        lead, N = self._check(args)
+        if (
+            not self._warned
+            and torch.is_grad_enabled()
+            and any(t.requires_grad for t in args[: self.n])
+        ):
+            self._warned = True
+            warnings.warn(
+                f"kgen: {self.name} does not compute gradients yet; its output does not "
+                "require grad (call it under torch.no_grad() to silence this)",
+                stacklevel=5,
+            )
+        views = self._views(args, lead, N)
+        x, weight = views[0], views[1]
+        M, K = x.shape
+        tma = tma and devices.tma_ready(x, weight)
+        if config is None:
+            config = self.choose(M, N, K, x.dtype, tma, x.device)
+        return self._plan(config, tma, args, views, lead, N)
+
+    def _views(self, args: tuple[Any, ...], lead: tuple[int, ...], N: int) -> list[torch.Tensor]:
+        """The tensors as the kernel sees them: x [M, K], [M, N] operands [M, N], [M]
+        operands [M]."""
+        M = 1
+        for d in lead:
+            M *= d
+        views = []
+        for (_, kind, _), t in zip(self.operands, args[: self.n], strict=True):
+            if kind == "tile" and t.dim() != 2:
+                t = t.reshape(M, t.shape[-1])
+            elif kind == "row" and t.dim() != 1:
+                t = t.reshape(M)
+            views.append(t)
+        return views
+
+    def choose(
+        self, M: int, N: int, K: int, dtype: torch.dtype, tma: bool, where: torch.device
+    ) -> configs.Config:
+        facts = devices.device(where)
+        config = configs._tuned(
+            self.tuning.get(facts.name, {}), dtype, configs.bucket(M, N, K), tma
+        )
+        if config is None:
+            config = configs._heuristic(M, N, K, dtype, tma, facts.num_sms)
+        return config
+
+    def _plan(
+        self,
+        config: configs.Config,
+        tma: bool,
+        args: tuple[Any, ...],
+        views: list[torch.Tensor],
+        lead: tuple[int, ...],
+        N: int,
+    ) -> Plan:
+        n = self.n
+        x, weight = views[0], views[1]
+        M, K = x.shape
+        where = x.device
+        out_shape = self._out_shape(lead, N)
+        W = N if self.rows is None else out_shape[-1] if self.rows.columns == "N" else 1
+        reshaped = [None if v is t else v for v, t in zip(views, args[:n], strict=True)]
+        kernel_shapes = [None if v is None else tuple(v.shape) for v in reshaped]
+        copies = [i for i, v in enumerate(reshaped) if v is not None and not _shares(v, args[i])]
+        common = {
+            "device": where,
+            "views": kernel_shapes,
+            "copies": copies,
+            "out_shape": out_shape,
+            "out_2d": (M, W),
+            "out_dtype": self.out_dtype or x.dtype,
+        }
+        if M * W == 0 or (self.rows is None and N == 0):
+            return Plan(**common)  # type: ignore[arg-type]
+
+        # the values of the kernels' arguments, by name; per-call ones as slots
+        slots = {f"{name}_ptr": i for i, (name, _, _) in enumerate(self.operands)}
+        slots.update({name: n + FLOATS + j for j, (name, _) in enumerate(self.floats)})
+        slots["out_ptr"] = n + OUT
+        values: dict[str, Any] = {"M": M, "N": N, "K": K}
+        values["stride_xm"], values["stride_xk"] = x.stride(0), x.stride(1)
+        values["stride_wk"], values["stride_wn"] = (
+            (weight.stride(1), weight.stride(0)) if self.linear else weight.stride()
+        )
+        values["stride_om"], values["stride_on"] = W, 1
+        for (name, kind, _), t in zip(self.operands[2:], views[2:], strict=True):
+            if kind == "tile":
+                values[f"stride_{name}_m"], values[f"stride_{name}_n"] = t.stride()
+            elif kind == "col":
+                values[f"stride_{name}_n"] = t.stride(0)
+            elif kind == "row":
+                values[f"stride_{name}_m"] = t.stride(0)
+        scratch: tuple[tuple[int, ...], torch.dtype] | None
+        wide = devices.wide(*views) or (M - 1) * W + W - 1 >= 2**31 - 1
+
+        block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k = config
+        facts = devices.device(where)
+        row_plan = None
+        if self.rows is not None:
+            row_plan = rowplan.plan(self.name, self.rows.ops, N, block_n)
+            if row_plan.block_n > block_n:
+                # a whole row in one tile: fewer rows, as many accumulator registers, and a
+                # shorter k step so that a pipeline stage's shared memory does not grow
+                stage_elements = (block_m + block_n) * block_k
+                block_m = max(16, block_m * block_n // row_plan.block_n)
+                while block_k > 16 and (block_m + row_plan.block_n) * block_k > stage_elements:
+                    block_k //= 2
+            block_n = row_plan.block_n
+            grid = triton.cdiv(M, block_m) * max(1, row_plan.num_segs * row_plan.seg_tiles)
+        else:
+            grid = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+
+        # the mainloop: tensor descriptors where TMA can run and the configuration asks
+        # for them (the persistent loop: a program per SM), else pointers
+        descs = []
+        values["x_desc"] = values["w_desc"] = None
+        if loop == "pointer" or not tma:
+            loop = "pointer"
+        else:
+            w_shape = [N, K] if self.linear else [K, N]
+            w_block = [block_n, block_k] if self.linear else [block_k, block_n]
+            descs = [
+                (0, TensorDescriptor(x, [M, K], [x.stride(0), 1], [block_m, block_k])),
+                (1, TensorDescriptor(weight, w_shape, [weight.stride(0), 1], w_block)),
+            ]
+            slots["x_desc"], slots["w_desc"] = n + DESC0, n + DESC1
+            if loop != "tma":
+                grid = min(grid, facts.num_sms)
+        values.update(
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            GROUP_M=group_m,
+            TMA=loop != "pointer",
+            FLATTEN=loop == "persistent",
+            WIDE=wide,
+            UPCAST_DOT=devices.INTERPRET,
+        )
+        options = {"num_warps": num_warps, "num_stages": num_stages}
+        if row_plan is None:
+            if loop == "persistent" or grid * split_k * block_m * block_n >= 2**31:
+                split_k = 1  # (a tuning file's entry may ask; int32 workspace offsets)
+            scratch = None
+            # without split-K the workspace and counters are unused: the output stands in
+            slots["split_partials_ptr"] = slots["split_counts_ptr"] = n + OUT
+            if split_k > 1:
+                scratch = ((grid * split_k * block_m * block_n,), torch.float32)
+                slots["split_partials_ptr"], slots["split_counts_ptr"] = n + SCRATCH, n + COUNTS
+            values.update(SUBTILES=2 if block_n >= 256 else 1, SPLIT_K=split_k)
+            gemm = Launch(self.kernel, (grid, split_k, 1), values, slots, options)
+            return Plan(
+                **common,  # type: ignore[arg-type]
+                scratch=scratch,
+                counts=grid if split_k > 1 else 0,
+                descs=descs,
+                launches=[gemm],
+            )
+
+        rows = self.rows
+        assert rows is not None
+        tiles = row_plan.num_segs * row_plan.seg_tiles
+        values.update(
+            tile_n=row_plan.tile_n,
+            seg_n=row_plan.seg_n,
+            seg_tiles=row_plan.seg_tiles,
+            num_segs=row_plan.num_segs,
+            SPLIT=row_plan.split,
+            ALIGNED=row_plan.tile_n == block_n
+            and (row_plan.num_segs == 1 or row_plan.seg_n % block_n == 0),
+            **row_plan.consts,
+        )
+        scratch = None
+        slots["stats_ptr"] = n + OUT  # (unused without a split)
+        if row_plan.split >= 0:
+            scratch = ((rows.stats, M, tiles), torch.float32)
+            slots["stats_ptr"] = n + SCRATCH
+        launches = [Launch(self.kernel, (grid, 1, 1), values, slots, options)]
+        if rows.finish is not None and row_plan.split >= 0:
+            chunks = row_plan.seg_tiles if rows.reduces[row_plan.split] else rowplan.FINISH_CHUNKS
+            finish_grid = (
+                triton.cdiv(M, rowplan.FINISH_BLOCK_M),
+                max(1, row_plan.num_segs),
+                triton.cdiv(row_plan.seg_tiles, chunks),
+            )
+            finish_values = {
+                **values,
+                "BLOCK_M": rowplan.FINISH_BLOCK_M,
+                "BLOCK_T": row_plan.block_t,
+                "CHUNKS": chunks,
+            }
+            launches.append(
+                Launch(rows.finish, finish_grid, finish_values, slots, {"num_warps": 4})
+            )
+        return Plan(**common, scratch=scratch, descs=descs, launches=launches)  # type: ignore[arg-type]
+
+    # -- for kgen tune, tests and benchmarks ---------------------------------------
+
+    def launch(self, config: configs.Config, *args: Any, tma: bool = True) -> torch.Tensor:
+        """Run with a given configuration (a fresh plan, launched through
+        `kernel[grid](...)`); `args` as `__call__` takes them."""
+        return self.plan(*args, config=config, tma=tma).run(args)
+
+    def forget(self) -> None:
+        """Drop the plans (after the tuning table changed)."""
+        self.plans.clear()
+
+
+def _autocast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """What autocast does to an input of nn.Linear: floating tensors other than fp64
+    take the autocast dtype."""
+    if t.is_floating_point() and t.dtype != torch.float64:
+        return t.to(dtype)
+    return t
+
+
+def _shares(view: torch.Tensor, t: torch.Tensor) -> bool:
+    """Is `view` (a reshape of t) a view of t's memory, not a copy?"""
+    return view.data_ptr() == t.data_ptr() and (
+        view.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+    )
