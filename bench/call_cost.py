@@ -1,20 +1,29 @@
-"""CPU cost of one call of a generated module, and where it goes, on a CUDA GPU.
+"""What one call of a generated module costs, and where the time goes, on a CUDA GPU.
 
-    python bench/call_cost.py [SPEC_NAME...] [--shape 128x1024x512]
+    python bench/call_cost.py [SPEC_NAME...] [--shapes 128x1024x512,16x4096x4096]
 
-For each committed spec (default: the two seeds), in a tight loop synchronised at the
-end (median of 5 runs of 2000 calls), at fp16: `torch.mm`, `F.linear`, the generated
-function, its `_launch` alone, its checks and configuration lookup alone, `torch.empty`
-of the output, Triton's `kernel[grid](...)` alone with the launcher's arguments, and a
-replay of the call captured in a CUDA graph (after checking that the replay computes
-what a call computes). Then a cProfile of 3000 calls (`--profile`).
+For each committed spec (default: the two seeds) and shape (MxNxK), fp16: the wall
+time per call in a tight loop synchronised at the end (median of 5 runs of 2000 calls;
+at these sizes the CPU side decides) of
+
+- `torch.mm`, `F.linear`, and eager PyTorch (F.linear, then the epilogue's torch ops,
+  from the spec's reference: kgen.bench's eager form);
+- kgen's generated function and `ModelNew` (the lean path: a plan lookup and a launch);
+- the parts of a kgen call: the layout key, the plan lookup (key included), the
+  plan's run (allocations, arguments and launch), the output's allocation, the
+  launch through Triton's launcher alone, the same launch through Triton's
+  `kernel[grid](...)`;
+- the same call through the dispatcher (`torch.ops.kgen.<name>`, what compiled code
+  calls), and replayed from a CUDA graph.
+
+Every kgen form is checked to give the function's bytes first. `--json PATH` writes
+the figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import pstats
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +31,10 @@ from typing import Any
 
 import torch
 
-from kgen import tune
+from kgen import bench, tune
 from kgen.build import compile_spec, import_file, read_spec
+from kgen.ir import Role
+from kgen.runtime import launch
 
 
 def per_call_us(fn: Callable[[], Any], n: int = 2000) -> float:
@@ -40,74 +51,80 @@ def per_call_us(fn: Callable[[], Any], n: int = 2000) -> float:
     return sorted(runs)[2]
 
 
-def measure(name: str, shape: tune.Shape, profile: bool) -> None:
+def measure(name: str, shape: tune.Shape) -> dict[str, float]:
     spec = Path("specs") / f"{name}.fuse"
     kernel = compile_spec(read_spec(spec), spec.name).kernel
     module = import_file(Path("generated") / f"{kernel.name}.py")
-    call_args, floats = tune.inputs(kernel, shape, torch.float16, seed=1)
+    op = module._OP
+    tensors, floats = tune.inputs(kernel, shape, torch.float16, seed=1)
     values = tune.float_values(kernel, floats)
+    call = (*tensors, *values)
     fn = getattr(module, kernel.name)
-    x, w = call_args[0], call_args[1]
+    x, w = tensors[0], tensors[1]
     wt = w.T if kernel.gemm.value == "linear" else w
-    tma = module._tma_ready(x, w)
-    config = module._choose(shape.M, shape.N, shape.K, x, tma)
-    linear = kernel.gemm.value == "linear"
+    model = module.ModelNew(shape.K, shape.N).cuda().half()
+    given = tensors[2 + kernel.has_bias :]
+    model_args = [x] + [
+        t for t, o in zip(given, kernel.tensors, strict=True) if o.role is Role.INPUT
+    ]
+    eager = bench.eager_function(kernel)
 
-    def checks() -> None:
-        M, N, K = module._check_gemm(x, w, linear=linear)
-        module._choose(M, N, K, x, module._tma_ready(x, w))
+    with torch.no_grad():
+        want = fn(*tensors, **floats)
+        plan = op.plans[launch.layout_key(tensors)]
+        assert plan.direct, "the plan launches through Triton's launcher"
+        assert torch.equal(op(*call), want)
+        assert torch.equal(op.operator(*call), want)
+        assert torch.equal(op.plan(*call).run(call), want)  # fresh: through kernel[grid]
 
-    jit = getattr(module, f"{kernel.name}_kernel")
-    seen: dict[str, Any] = {}
+        # the launch alone, with the run values a call would build
+        gemm, *rest = plan.launches
+        prepared = plan.direct_values(call)
+        assert prepared is not None
+        run_values, _, _ = prepared
+        stream = launch._current_stream(torch.cuda.current_device())
+        jit_args = gemm.fill(plan.triton_values(call)[0])
 
-    class Capture:  # records the launcher's own launch arguments
-        def __getitem__(self, grid: Any) -> Callable[..., Any]:
-            def launch(*a: Any, **kw: Any) -> Any:
-                seen.update(grid=grid, a=a, kw=kw)
-                return jit[grid](*a, **kw)
-
-            return launch
-
-    setattr(module, f"{kernel.name}_kernel", Capture())
-    module._launch(config, tma, *call_args, *values)
-    setattr(module, f"{kernel.name}_kernel", jit)
-
-    side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn(*call_args, **floats)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = fn(*call_args, **floats)
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(static_out, fn(*call_args, **floats)), "replay differs from a call"
-
-    out_shape = tuple(fn(*call_args, **floats).shape)
-    times = {
-        "torch.mm": per_call_us(lambda: torch.mm(x, wt)),
-        "F.linear": per_call_us(lambda: torch.nn.functional.linear(x, w)),
-        "kgen call": per_call_us(lambda: fn(*call_args, **floats)),
-        "_launch only": per_call_us(lambda: module._launch(config, tma, *call_args, *values)),
-        "checks + choose": per_call_us(checks),
-        "torch.empty (out)": per_call_us(
-            lambda: torch.empty(out_shape, device=x.device, dtype=x.dtype)
-        ),
-        "kernel[grid](...) only": per_call_us(lambda: jit[seen["grid"]](*seen["a"], **seen["kw"])),
-        "CUDA graph replay": per_call_us(graph.replay),
-    }
-    print(f"{name} {shape} float16, config {config}: CPU µs per call")
-    for what, us in times.items():
-        print(f"  {what:24s} {us:6.1f}")
-    if profile:
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(3000):
-            fn(*call_args, **floats)
-        profiler.disable()
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn(*tensors, **floats)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = fn(*tensors, **floats)
+        graph.replay()
         torch.cuda.synchronize()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
+        assert torch.equal(static_out, want), "replay differs from a call"
+
+        times = {
+            "torch.mm": per_call_us(lambda: torch.mm(x, wt)),
+            "F.linear": per_call_us(lambda: torch.nn.functional.linear(x, w)),
+            "eager PyTorch": per_call_us(lambda: eager(*tensors, **floats)),
+            "kgen function": per_call_us(lambda: fn(*tensors, **floats)),
+            "kgen ModelNew": per_call_us(lambda: model(*model_args)),
+            "  layout key": per_call_us(lambda: launch.layout_key(tensors)),
+            "  plan lookup": per_call_us(lambda: op.plans[launch.layout_key(tensors)]),
+            "  plan.run": per_call_us(lambda: plan.run(call)),
+            "  output allocation": per_call_us(plan._out),
+            "  launcher alone": per_call_us(lambda: gemm.through_launcher(run_values, stream)),
+            "  kernel[grid](...) alone": per_call_us(
+                lambda: gemm.jit[gemm.grid](*jit_args, **gemm.options)
+            ),
+            "through the dispatcher": per_call_us(lambda: op.operator(*call)),
+            "CUDA graph replay": per_call_us(graph.replay),
+        }
+    if rest:
+        times["  (plus a finishing kernel)"] = float("nan")
+    print(f"\n{name} {shape} float16: wall time per call in a loop, us")
+    for what, us in times.items():
+        print(f"  {what:28s} {us:7.1f}")
+    f_linear, kgen = times["F.linear"], times["kgen function"]
+    print(
+        f"  kgen / F.linear {kgen / f_linear:.2f}   kgen / eager {kgen / times['eager PyTorch']:.2f}"
+        f"   ModelNew / function {times['kgen ModelNew'] / kgen:.2f}"
+    )
+    return times
 
 
 def main() -> None:
@@ -115,12 +132,15 @@ def main() -> None:
     parser.add_argument(
         "specs", nargs="*", default=["gemm_sigmoid_residual", "gemm_scale_hardtanh_gelu"]
     )
-    parser.add_argument("--shape", default="128x1024x512", help="MxNxK")
-    parser.add_argument("--profile", action="store_true", help="cProfile 3000 calls")
+    parser.add_argument("--shapes", default="128x1024x512,16x4096x4096", help="MxNxK,...")
+    parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
-    shape = tune.Shape.parse(args.shape)
-    for name in args.specs:
-        measure(name, shape, args.profile)
+    results = {}
+    for shape in (tune.Shape.parse(s) for s in args.shapes.split(",")):
+        for name in args.specs:
+            results[f"{name} {shape}"] = measure(name, shape)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ hooks (profilers), scratch memory, a launcher of another shape -- goes through
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,13 +46,14 @@ _current_stream: Callable[[int], int] = getattr(
 )
 
 
+def _layout(t: torch.Tensor) -> tuple[Any, ...]:
+    return (t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() & 15, type(t))
+
+
 def layout_key(tensors: Sequence[Any]) -> tuple[Any, ...]:
     """The layout of a call's tensor arguments; AttributeError or TypeError for an
     argument that is no tensor."""
-    key: list[Any] = []
-    for t in tensors:
-        key += (type(t), t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() & 15)
-    return tuple(key)
+    return tuple(map(_layout, tensors))
 
 
 def _hooks_idle() -> bool:
@@ -85,8 +87,8 @@ class Launch:
         self.args = [values.get(n) for n in names]
         self.slots = tuple((i, slots[n]) for i, n in enumerate(names) if n in slots)
         self.compiled: Any = None
-        # (launch function, function handle, cooperative, pdl, packed metadata)
-        self.direct: tuple[Callable[..., Any], int, bool, bool, Any] | None = None
+        # (the launcher's function, its arguments between the stream and the kernel's)
+        self.direct: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
 
     def arguments(self) -> dict[str, Any]:
         """The kernel's arguments by name, per-call ones None (for tests and tools)."""
@@ -108,28 +110,14 @@ class Launch:
         return compiled
 
     def through_launcher(self, run_values: Sequence[Any], stream: int) -> None:
-        launch, function, cooperative, pdl, metadata = self.direct  # type: ignore[misc]
-        g0, g1, g2 = self.grid
-        args = self.fill(run_values)
-        launch(
-            g0,
-            g1,
-            g2,
-            stream,
-            function,
-            cooperative,
-            pdl,
-            None,
-            None,
-            metadata,
-            None,
-            None,
-            None,
-            *args,
-        )
+        launch, head = self.direct  # type: ignore[misc]
+        args = self.args.copy()
+        for position, source in self.slots:
+            args[position] = run_values[source]
+        launch(*self.grid, stream, *head, *args)
 
 
-def _direct(compiled: Any, jit: Any) -> tuple[Callable[..., Any], int, bool, bool, Any] | None:
+def _direct(compiled: Any, jit: Any) -> tuple[Callable[..., Any], tuple[Any, ...]] | None:
     """How to launch `compiled` without Triton's Python wrappers, if that is safe: a
     CUDA launcher that needs no scratch memory, for a kernel that reads no globals
     Triton would check, on a Triton whose launcher takes the arguments we give it."""
@@ -148,13 +136,12 @@ def _direct(compiled: Any, jit: Any) -> tuple[Callable[..., Any], int, bool, boo
     launch = getattr(run, "launch", None)
     if launch is None:
         return None
-    return (
-        launch,
-        compiled.function,
-        bool(run.launch_cooperative_grid),
-        bool(run.launch_pdl),
-        compiled.packed_metadata,
-    )
+    # Triton's launcher takes (grid x, y, z, stream, function, cooperative, pdl, global
+    # scratch, profile scratch, packed metadata, launch metadata, enter hook, exit hook,
+    # *the kernel's arguments), as CompiledKernel.run passes them on
+    cooperative, pdl = bool(run.launch_cooperative_grid), bool(run.launch_pdl)
+    head = (compiled.function, cooperative, pdl, None, None, compiled.packed_metadata)
+    return launch, (*head, None, None, None)
 
 
 # Allocation without the dispatcher, as Inductor's generated code allocates: (shape,
@@ -209,6 +196,7 @@ class Plan:
         "out_shape",
         "out_strides",
         "scratch",
+        "simple",
         "views",
     )
 
@@ -241,10 +229,18 @@ class Plan:
         self.descs = tuple(descs)  # (which tensor, its descriptor's template)
         self.launches = tuple(launches)
         self.direct = False  # every launch can go through its launcher
+        # one launch and nothing per call but the output: the commonest plan, run by a
+        # shorter path
+        self.simple = len(self.launches) == 1 and not (copies or scratch or counts or descs)
 
     def run(self, args: Sequence[Any]) -> torch.Tensor:
+        """Run the plan on a call's arguments."""
         if self.direct and _hooks_idle():
-            return self._run_direct(args)
+            index = self.index
+            if _current_device() == index:
+                return self._run_direct(args)
+            with torch.cuda.device(index):
+                return self._run_direct(args)
         return self._run_triton(args)
 
     def _out(self) -> torch.Tensor:
@@ -256,15 +252,25 @@ class Plan:
         scratch = counts = None
         if self.scratch is not None:
             shape, dtype = self.scratch
-            scratch = torch.empty(shape, dtype=dtype, device=self.device)
+            if _empty_cuda is not None and self.index >= 0:
+                scratch = _empty_cuda(shape, _contiguous(shape), dtype)
+            else:
+                scratch = torch.empty(shape, dtype=dtype, device=self.device)
         if self.counts:
             counts = split_counts(self.device, self.counts)
         return scratch, counts
 
     def _run_triton(self, args: Sequence[Any]) -> torch.Tensor:
+        values, out = self.triton_values(args)
+        for launch in self.launches:
+            launch.through_triton(values)
+        self.direct = all(launch.direct is not None for launch in self.launches)
+        return out
+
+    def triton_values(self, args: Sequence[Any]) -> tuple[list[Any], torch.Tensor]:
+        """The run values for `kernel[grid](...)` (tensors, as the interpreter needs
+        them), and the output."""
         out = self._out()
-        if not self.launches:
-            return out
         n = self.n
         tensors = [
             t if view is None else t.reshape(view)
@@ -273,17 +279,36 @@ class Plan:
         scratch, counts = self._buffers()
         descs: list[Any] = [descriptor(template, tensors[i]) for i, template in self.descs]
         descs += [None] * (2 - len(descs))
-        values = [*tensors, out.view(self.out_2d), scratch, counts, *descs, *args[n:]]
-        for launch in self.launches:
-            launch.through_triton(values)
-        self.direct = all(launch.direct is not None for launch in self.launches)
-        return out
+        return [*tensors, out.view(self.out_2d), scratch, counts, *descs, *args[n:]], out
 
     def _run_direct(self, args: Sequence[Any]) -> torch.Tensor:
-        index = self.index
-        if _current_device() != index:
-            with torch.cuda.device(index):
-                return self._run_direct(args)
+        if self.simple:
+            out = self._out()
+            out_ptr = out.data_ptr()
+            if out_ptr & 15:  # an output the kernel was not specialized for
+                return self._run_triton(args)
+            (launch,) = self.launches
+            n = self.n
+            values = [t.data_ptr() for t in args[:n]]
+            values += (out_ptr, None, None, None, None)
+            values += args[n:]
+            launch.through_launcher(values, _current_stream(self.index))
+            return out
+        prepared = self.direct_values(args)
+        if prepared is None:  # a buffer the kernel was not specialized for
+            return self._run_triton(args)
+        values, out, _ = prepared
+        stream = _current_stream(self.index)
+        for launch in self.launches:
+            launch.through_launcher(values, stream)
+        return out
+
+    def direct_values(
+        self, args: Sequence[Any]
+    ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor]] | None:
+        """The run values for the launcher (addresses as ints), the output and the
+        buffers the launch must keep alive; None if a new buffer is not 16-byte
+        aligned, as the compiled kernel assumes."""
         n = self.n
         out = self._out()
         tensors: Sequence[Any] = args[:n]
@@ -292,42 +317,71 @@ class Plan:
             for i in self.copies:
                 tensors[i] = tensors[i].reshape(self.views[i])
         values: list[Any] = [t.data_ptr() for t in tensors]
-        out_ptr = out.data_ptr()
-        values.append(out_ptr)
+        aligned = out.data_ptr()
+        values.append(aligned)
         scratch, counts = self._buffers()
-        if scratch is None:
-            values.append(None)
-        else:
-            values.append(scratch.data_ptr())
-            out_ptr |= values[-1]
-        values.append(None if counts is None else counts.data_ptr())
+        keep = [out]
+        for buffer in (scratch, counts):
+            if buffer is None:
+                values.append(None)
+            else:
+                values.append(buffer.data_ptr())
+                aligned |= values[-1]
+                keep.append(buffer)
         for i, template in self.descs:
             values.append(descriptor(template, tensors[i]))
         values += [None] * (2 - len(self.descs))
         values += args[n:]
-        if out_ptr & 15:  # a buffer the kernel was not specialized for
-            return self._run_triton(args)
-        stream = _current_stream(index)
-        for launch in self.launches:
-            launch.through_launcher(values, stream)
-        return out
+        if aligned & 15:
+            return None
+        if self.copies:
+            keep += [tensors[i] for i in self.copies]
+        return values, out, keep
 
 
 _SPLIT_COUNTS: dict[tuple[torch.device, int | None], torch.Tensor] = {}
 
 
+_capturing: Callable[[], bool] = getattr(
+    torch._C, "_cuda_isCurrentStreamCapturing", lambda: torch.cuda.is_current_stream_capturing()
+)
+
+
 def split_counts(device: torch.device, tiles: int) -> torch.Tensor:
-    """Split-K arrival counters, one per tile, for launches on the current stream.
-    Launches on one stream run in order and each tile's last program resets its
-    counter, so one zeroed buffer serves them all; a stream being captured into a CUDA
-    graph gets its own (the graph owns that memory)."""
+    """Split-K arrival counters, one per tile, zero between launches. Launches on one
+    stream run in order and each tile's last program resets its counter, so one
+    zeroed buffer kept per stream serves them all. A stream being captured into a CUDA
+    graph gets fresh zeros (the graph owns that memory)."""
     key: tuple[torch.device, int | None] = (device, None)
     if not INTERPRET:
-        if torch.cuda.is_current_stream_capturing():
+        if _capturing():
             return torch.zeros(tiles, device=device, dtype=torch.int32)
-        key = (device, torch.cuda.current_stream(device).cuda_stream)
+        key = (device, _current_stream(device.index))
     counts = _SPLIT_COUNTS.get(key)
     if counts is None or counts.numel() < tiles:
-        counts = torch.zeros(max(tiles, 1024), device=device, dtype=torch.int32)
+        counts = _kept_zeros(max(tiles, 1024), device)
         _SPLIT_COUNTS[key] = counts
     return counts
+
+
+_HELPER: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _kept_zeros(n: int, device: torch.device) -> torch.Tensor:
+    """Zeroed int32 counters from the ordinary memory pool, to keep beyond this call.
+    torch.compile's CUDA graphs warm up with every allocation of this thread going
+    into the graphs' private pool, where a buffer that outlives the call is an error:
+    a helper thread, which no pool claims, allocates them (and waits for the zeros)."""
+    if INTERPRET:
+        return torch.zeros(n, device=device, dtype=torch.int32)
+
+    def make() -> torch.Tensor:
+        with torch.cuda.device(device):
+            counts = torch.zeros(n, device=device, dtype=torch.int32)
+            torch.cuda.current_stream(device).synchronize()
+        return counts
+
+    global _HELPER
+    if _HELPER is None:
+        _HELPER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kgen")
+    return _HELPER.submit(make).result()

@@ -39,7 +39,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kgen import configs
 from kgen.runtime import checks, devices, launch, rowplan
-from kgen.runtime.launch import COUNTS, DESC0, DESC1, FLOATS, OUT, SCRATCH, Launch, Plan
+from kgen.runtime.launch import COUNTS, DESC0, DESC1, FLOATS, OUT, SCRATCH, Launch, Plan, _layout
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # tensor types the lean path takes
 _PLANS_MAX = 4096  # plans kept per op; more layouts than this start afresh
@@ -142,10 +142,16 @@ class GemmOp:
 
     def __call__(self, *args: Any) -> torch.Tensor:
         """x, weight, the tensor operands, then the float params."""
-        if _lean():
+        if not (  # _lean(), inline: this is the hot path
+            _is_compiling()
+            or _C._is_torch_function_mode_enabled()
+            or _C._len_torch_dispatch_stack()
+            or _functorch_active()
+            or (_any_autocast() if _any_autocast is not None else True)
+        ):
             n = self.n
             try:
-                plan = self.plans[launch.layout_key(args[:n])]
+                plan = self.plans[tuple(map(_layout, args[:n]))]  # launch.layout_key
             except Exception:  # a new layout, or an argument that is no tensor
                 pass
             else:
@@ -177,8 +183,7 @@ class GemmOp:
         return self.eager(*tensors, *floats)
 
     def eager(self, *args: Any) -> torch.Tensor:
-        """The operator's implementation: the plan of the arguments' layout (made and
-        kept if new), run."""
+        """A call's plan (made and kept if new), run."""
         n = self.n
         try:
             key: tuple[Any, ...] | None = launch.layout_key(args[:n])
