@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-import kgen.runtime as _runtime
+import kgen.runtime.op as _runtime
 
 
 @triton.jit

@@ -735,7 +735,7 @@ def emit_module(kernel: Kernel) -> str:
         "import triton.language as tl",
         "from torch import nn",
         "",
-        "import kgen.runtime as _runtime",
+        "import kgen.runtime.op as _runtime",
         "",
         "",
     ]

@@ -1,8 +1,10 @@
 """What a generated module runs on the host, written once as ordinary Python.
 
 A generated module holds what depends on its spec: the Triton kernels and a
-declaration of its call (`GemmOp`: operands, float params, row operations). Everything
-else a call does lives here, imported by every module:
+declaration of its call (`kgen.runtime.op.GemmOp`: operands, float params, row
+operations), which it imports as `import kgen.runtime.op as _runtime`. Everything else
+a call does lives in this package, one module per concern, each importing only those
+listed before it:
 
     checks    the argument checks made before any launch (TypeError / ValueError)
     devices   facts about a GPU (SMs, TMA) and the tuning file beside a module
@@ -11,11 +13,6 @@ else a call does lives here, imported by every module:
     op        GemmOp: the call itself, its plan cache, autocast, `[*, K]` inputs and
               the `torch.ops.kgen.<name>` operator for torch.compile and export
 
-This package imports only torch and triton, so that a generated module needs nothing
-else of kgen at run time.
+The package imports only torch and triton (and kgen.configs), so that a generated
+module needs nothing of kgen's compiler (lark, black) at run time.
 """
-
-from kgen.runtime.op import GemmOp, Rows
-from kgen.runtime.rowplan import RowOp
-
-__all__ = ["GemmOp", "RowOp", "Rows"]

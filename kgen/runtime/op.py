@@ -40,6 +40,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from kgen import configs
 from kgen.runtime import checks, devices, launch, rowplan
 from kgen.runtime.launch import COUNTS, DESC0, DESC1, FLOATS, OUT, SCRATCH, Launch, Plan, _layout
+from kgen.runtime.rowplan import RowOp
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # tensor types the lean path takes
 _PLANS_MAX = 4096  # plans kept per op; more layouts than this start afresh
@@ -67,12 +68,15 @@ def _lean() -> bool:
     return _untraced() and not (_any_autocast() if _any_autocast is not None else True)
 
 
+__all__ = ["GemmOp", "RowOp", "Rows"]
+
+
 class Rows(NamedTuple):
     """A kernel's row operations (kgen/rows.py): their table, the fp32 statistics per
     row and tile of the two-pass strategy, the finishing kernel, which ops reduce, and
     the output's columns ("N": N // pool of them, "1": [M, 1], "": [M])."""
 
-    ops: tuple[rowplan.RowOp, ...]
+    ops: tuple[RowOp, ...]
     stats: int
     finish: Any
     reduces: tuple[bool, ...]
