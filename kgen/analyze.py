@@ -49,7 +49,6 @@ from kgen.ir import (
     Kind,
     Operand,
     Role,
-    verify,
 )
 from kgen.syntax import (
     MAX_DEPTH,
@@ -75,6 +74,7 @@ from kgen.syntax import (
     Statement,
     depth_error,
 )
+from kgen.verify import verify
 
 # Identifiers the generated module uses for itself (kernel, launcher, nn.Module).
 # A spec may not name anything after them; names starting with "_", ending in
@@ -642,8 +642,20 @@ class _Analyzer:
         key = (op, args, attr, boolean, size, keepdim, pool)
         if key in self.cse:
             return self.body[self.cse[key]]
+        row = ops.ROW_OPS[op].kind.value if op in ops.ROW_OPS else ""
         instr = Instr(
-            len(self.body), op, args, kind, span, attr, boolean, hint or op, size, keepdim, pool
+            len(self.body),
+            op,
+            args,
+            kind,
+            span,
+            attr,
+            boolean,
+            hint or op,
+            size,
+            keepdim,
+            pool,
+            row,
         )
         self.body.append(instr)
         self.cse[key] = instr.id

@@ -21,9 +21,9 @@ from types import ModuleType
 import black
 
 from kgen.analyze import analyze
-from kgen.emit import emit_module
 from kgen.errors import Diagnostic, EncodingError, Span, SpecError
 from kgen.ir import Kernel
+from kgen.lower.module import emit_module
 from kgen.syntax import parse
 
 _BLACK_MODE = black.Mode(line_length=100)

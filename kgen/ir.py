@@ -14,6 +14,7 @@ Instructions are few and uniform:
     load   NAME       a tensor operand (bias, vector/scalar param, input)
     OP     ARGS...    a registry op (kgen.ops.OPS), arguments by value id
     ROWOP  ARGS...    a row operation (kgen.ops.ROW_OPS): softmax, groupnorm, maxpool, ...
+                      (its `row` field holds its kind, so the IR needs no registry)
 
 Row operations need a whole row, or a group of columns, of their first argument.
 A value's columns are the GEMM's (`pool` = 1) or windows of `pool` GEMM columns
@@ -23,7 +24,8 @@ operation it derives from; an instruction never mixes two segments, so the row
 operations form one chain gemm -> R1 -> R2 -> ..., and a lowering can cut the
 epilogue at any of them (`segment`).
 
-`verify` checks the invariants; `format_kernel` prints it (`kgen show --ir`).
+kgen.verify checks the invariants; `format_kernel` prints it (`kgen show --ir`). This
+module imports nothing of kgen's but its errors: it is the leaf the rest builds on.
 """
 
 from __future__ import annotations
@@ -101,6 +103,9 @@ class Instr:
     size: int = 0  # row ops: groupnorm's groups, a pool's window; else 0
     keepdim: bool = True  # reductions: keep the reduced dimension ([M, 1], else [M])
     pool: int = 1  # [M, N] values: GEMM columns per column (after avgpool/maxpool)
+    # a row operation's kind (kgen.ops.RowKind's value: "normalize", "reduce", "pool"),
+    # "" for every other instruction: what the IR itself needs to know of the registry
+    row: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,13 +160,11 @@ class Kernel:
     def segments(self) -> list[int]:
         """Each value's segment: the id of the last row op it derives from, 0 for
         values of the gemm's segment, -1 for values that do not depend on the gemm."""
-        from kgen.ops import ROW_OPS
-
         seg: list[int] = []
         for instr in self.body:
             if instr.op == "gemm":
                 seg.append(0)
-            elif instr.op in ROW_OPS:
+            elif instr.row:
                 seg.append(instr.id)
             else:
                 seg.append(max((seg[a] for a in instr.args), default=-1))
@@ -170,74 +173,16 @@ class Kernel:
     @property
     def row_ops(self) -> tuple[Instr, ...]:
         """The row operations the result derives from, first to last."""
-        from kgen.ops import ROW_OPS
-
-        return tuple(i for i in self.body if i.op in ROW_OPS)
+        return tuple(i for i in self.body if i.row)
 
     def output_columns(self) -> tuple[str, int]:
         """The stored value's columns: ("N", pool) for [M, N // pool] (pool 1: [M, N]),
         ("1", 0) for [M, 1] and ("", 0) for [M], after a reduction."""
-        from kgen.ops import ROW_OPS
-
-        reduced = [i for i in self.row_ops if ROW_OPS[i.op].reduces]
+        reduced = [i for i in self.row_ops if i.row == "reduce"]
         result = self.value(self.result)
         if reduced and result.kind is Kind.ROW:
             return ("1", 0) if reduced[-1].keepdim else ("", 0)
         return ("N", result.pool if result.kind is Kind.TILE else 1)
-
-
-class IRError(AssertionError):
-    """An IR invariant broken: a bug in kgen, never a user's mistake."""
-
-
-def verify(kernel: Kernel) -> Kernel:
-    """Check the IR's invariants; return it unchanged, or raise IRError."""
-    from kgen.ops import OPS, ROW_OPS  # ops depends on ir; import here to keep ir a leaf
-
-    names = [o.name for o in kernel.operands]
-    if len(set(names)) != len(names):
-        raise IRError(f"duplicate operand names: {names}")
-    operands = {o.name: o for o in kernel.operands}
-    gemms = 0
-    for index, instr in enumerate(kernel.body):
-        if instr.id != index:
-            raise IRError(f"value %{instr.id} at position {index}")
-        if any(a >= index or a < 0 for a in instr.args):
-            raise IRError(f"%{instr.id} uses a later value: {instr.args}")
-        args = [kernel.body[a] for a in instr.args]
-        if instr.op == "gemm":
-            gemms += 1
-            ok = instr.kind is Kind.TILE and not args
-        elif instr.op == "const":
-            ok = instr.kind is Kind.SCALAR and isinstance(instr.attr, float) and not args
-        elif instr.op in ("arg", "load"):
-            operand = operands.get(str(instr.attr))
-            ok = (
-                operand is not None
-                and not args
-                and operand.kind is instr.kind
-                and (operand.role is Role.FLOAT) == (instr.op == "arg")
-            )
-        elif instr.op in ROW_OPS:
-            ok = ROW_OPS[instr.op].check_args(args, instr)
-        else:
-            opdef = OPS.get(instr.op)
-            if opdef is None:
-                raise IRError(f"%{instr.id}: unknown op {instr.op!r}")
-            ok = opdef.check_args(args, instr.kind, instr.boolean)
-        if not ok:
-            raise IRError(f"ill-formed instruction {format_instr(instr)}")
-    if gemms != 1 or kernel.body[0].op != "gemm":
-        raise IRError("the body must start with the one gemm")
-    segments = kernel.segments()
-    for instr in kernel.body:
-        used = {segments[a] for a in instr.args} - {-1}
-        if len(used) > 1:
-            raise IRError(f"%{instr.id} mixes the segments of {sorted(used)}")
-    result = kernel.body[kernel.result]
-    if result.boolean:
-        raise IRError("the stored value is a comparison")
-    return kernel
 
 
 # ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 An entry holds the op's name, its arguments (after `x`, the value it applies to) with
 their defaults and the kind each accepts, a one-line doc, its torch reference (the
 oracle, used by `kgen.reference`) and its Triton lowering (an expression over the
-names of its arguments, used by `kgen.emit`, with the `kgen.tlib` helpers it calls).
+names of its arguments, used by kgen/lower/epilogue.py, with the `kgen.tlib` helpers it calls).
 Adding an op is adding an entry here; the parser needs nothing, the analyzer reads
 the signature, and the tests draw ops from this table.
 
@@ -442,7 +442,7 @@ COMPARISONS: dict[str, str] = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 #
 # `apply` is the Triton expression of the result from {x} (normalisers only) and the
 # statistics; `shift` says how the exp family picks m from the maximum {max} (it
-# decides what infinities give, as in torch). Two-pass lowering (kgen.rows) stores,
+# decides what infinities give, as in torch). Two-pass lowering (kgen/lower/rows.py) stores,
 # for a normaliser, `partial` -- the value relative to its tile's statistics {m_t},
 # {mean_t}, which keeps it well conditioned in the output dtype -- and finishes with
 # `finish` from that stored {u}, the tile's statistics and the row's.

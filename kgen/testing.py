@@ -55,8 +55,9 @@ from typing import Any
 
 import torch
 
-from kgen import reference, rows
+from kgen import reference
 from kgen.ir import Instr, Kernel
+from kgen.lower.steps import RowStep, plan_function, steps
 from kgen.ops import FP32_MAX, RowKind, absolute_forms, fp32_overflow
 
 # Unit roundoff of the GEMM, by what multiplies: 16-bit operands have exact products
@@ -331,11 +332,11 @@ def assert_close_to_pytorch(
 # first-order bound s (|dx_j| + mean|dx| + |y_j| mean(|y| |dx|)), doubled for what a
 # first-order term misses. Each adds its own fp32 rounding (ROW_ULPS units plus
 # log2 of the segment width, for the sums), and, where the row operation runs in two
-# passes (kgen/rows.py), one rounding of the stored relative value in the output dtype.
+# passes (kgen/lower/rows.py), one rounding of the stored relative value in the output dtype.
 ROW_ULPS = 8.0
 
 
-def _segments(x: torch.Tensor, step: rows.RowStep) -> torch.Tensor:
+def _segments(x: torch.Tensor, step: RowStep) -> torch.Tensor:
     """[M, S, g]: the segments a row operation reduces (a pool drops the remainder)."""
     M, W = x.shape
     size = step.instr.size
@@ -347,7 +348,7 @@ def _segments(x: torch.Tensor, step: rows.RowStep) -> torch.Tensor:
 
 
 def _row_radius(
-    step: rows.RowStep,
+    step: RowStep,
     cx: torch.Tensor,
     rx: torch.Tensor,
     cy: torch.Tensor,
@@ -492,10 +493,10 @@ def _staged(
     """(evaluations, first-order bound) of the last stage, as `_evaluations` and
     `_error_bound` give them without row operations."""
     M, N = case.acc.shape
-    split = rows.plan_function(kernel)(N, 64)[0] if N > 0 else -1
+    split = plan_function(kernel)(N, 64)[0] if N > 0 else -1
     exact = reference.trace(kernel, case.acc, case.operands, _fp32_range)
     start, centre, radius = 0, case.acc, case.delta
-    for step in rows.steps(kernel):
+    for step in steps(kernel):
         x_id = step.instr.args[0]
         cx = _as2d(exact[x_id], M)
         stage = _Stage(kernel, case, start, x_id)

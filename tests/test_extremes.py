@@ -59,8 +59,8 @@ from strategies import DTYPES, FP32_MAX, FP32_TINY, NON_FINITE, extreme_floats
 
 from kgen import ops, reference, testing
 from kgen.analyze import analyze
-from kgen.emit import emit_module
 from kgen.ir import Gemm, Kernel, Kind
+from kgen.lower.module import emit_module
 from kgen.syntax import parse
 
 # ---------------------------------------------------------------------------
@@ -406,7 +406,7 @@ SCALES = {
     torch.float16: [(1.0, 1.0), (1e4, 1.0), (1.0, 1e-4), (1e2, 1e2)],
 }
 CPU_MAX_FIXED = 64  # larger fixed gemm sizes are too slow for the interpreter
-# Known failures of the GEMM (kgen/emit.py) for fp32 operands, as (device, precision,
+# Known failures of the GEMM (kgen/lower/mainloop.py) for fp32 operands, as (device, precision,
 # operand), seen on an H100: the three-product precisions split an operand into hi + lo
 # pieces. bf16x3 (kgen's own split) makes an Inf operand hi = Inf, lo = Inf - Inf =
 # NaN; on the GPU, fp32's largest value rounds up to an Inf hi piece in bf16x3 and

@@ -36,9 +36,9 @@ from hypothesis.extra.lark import from_lark
 from kgen import ops, syntax
 from kgen.analyze import MAX_OPERATIONS, RESERVED, analyze
 from kgen.build import read_spec
-from kgen.emit import emit_module
 from kgen.errors import EncodingError, LimitError, SpecError, format_error
 from kgen.ir import DTYPES, PRECISIONS
+from kgen.lower.module import emit_module
 from kgen.syntax import MAX_DEPTH, parse
 
 

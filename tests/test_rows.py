@@ -1,7 +1,7 @@
 """Row operations (LANGUAGE.md, "Row operations"): both lowering strategies.
 
 N up to 256 keeps every segment in one tile (in registers); wider rows run in two
-passes (kgen/rows.py). Each committed row-op spec is checked at sizes on both sides
+passes (kgen/lower/rows.py). Each committed row-op spec is checked at sizes on both sides
 of that line, and Hypothesis composes random chains of row and elementwise steps.
 """
 
@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 from strategies import column_multiple
 
-from kgen import rows, testing
+from kgen import testing
 from kgen.errors import SpecError
 from kgen.ir import Kernel, Kind
+from kgen.lower.steps import plan_function
 
 ROW_SPECS = [
     "linear_softmax",
@@ -58,7 +59,7 @@ def test_row_spec_both_strategies(name: str, dtype: torch.dtype, device: str) ->
     kernel = compiled.kernel
     fn = getattr(module, kernel.name)
     multiple = column_multiple(kernel)
-    plan = rows.plan_function(kernel)
+    plan = plan_function(kernel)
     sizes = [multiple, 2 * multiple] if multiple > 1 else [7, 37, 256, 300, 640]
     strategies = set()
     for i, N in enumerate(sizes):

@@ -43,7 +43,7 @@ def test_one_kernel_one_store(path) -> None:
     (kernel,) = kernels
     finish = [f for f in jit if f.name == f"{path.stem}_finish"]
     if finish:
-        # row operations (kgen/rows.py): one store per path, or, cut for two passes, the
+        # row operations (kgen/lower/rows.py): one store per path, or, cut for two passes, the
         # statistics and the relative value; the finishing kernel rewrites the output.
         # kgen check's store-count rule holds them to their outputs (tests/test_check.py).
         assert len(_calls(kernel, "tl.store")) <= 3
@@ -150,3 +150,66 @@ def test_specs_cover_the_language() -> None:
         committed(p.stem)[0].kernel.precision for p in SPECS
     }
     assert any(o.implicit for p in SPECS for o in committed(p.stem)[0].kernel.operands)
+
+
+def _kgen_imports() -> dict[str, set[str]]:
+    """kgen's modules and the kgen modules each imports, at module level or inside a
+    function (a package counts as importing what its `__init__` imports)."""
+    package = GENERATED.parent / "kgen"
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            for target in targets:
+                # importing a.b.c runs a and a.b first
+                pieces = target.split(".")
+                for i in range(1, len(pieces) + 1):
+                    prefix = ".".join(pieces[:i])
+                    if prefix in modules and prefix != name:
+                        edges[name].add(prefix)
+    return edges
+
+
+def test_kgen_has_no_import_cycle() -> None:
+    """Data flows one way: no module of kgen imports, even inside a function, one that
+    (directly or not) imports it back."""
+    edges = _kgen_imports()
+    assert "kgen.lower.module" in edges and "kgen.runtime.op" in edges
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(edges[name]):
+            if state.get(target) == 1:
+                cycle = [*path[path.index(target) :], target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, [*path, target])
+        state[name] = 2
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_the_runtime_needs_nothing_of_the_compiler() -> None:
+    """kgen.runtime (what generated modules import) reaches no compiler module, so a
+    module runs where lark and black are not installed."""
+    edges = _kgen_imports()
+    reached, stack = set(), ["kgen.runtime.op"]
+    while stack:
+        name = stack.pop()
+        if name not in reached:
+            reached.add(name)
+            stack.extend(edges[name])
+    assert reached <= {"kgen", "kgen.configs"} | {n for n in edges if n.startswith("kgen.runtime")}

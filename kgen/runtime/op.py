@@ -72,7 +72,7 @@ __all__ = ["GemmOp", "RowOp", "Rows"]
 
 
 class Rows(NamedTuple):
-    """A kernel's row operations (kgen/rows.py): their table, the fp32 statistics per
+    """A kernel's row operations (kgen/lower/rows.py): their table, the fp32 statistics per
     row and tile of the two-pass strategy, the finishing kernel, which ops reduce, and
     the output's columns ("N": N // pool of them, "1": [M, 1], "": [M])."""
 

@@ -1,9 +1,9 @@
-"""How a kernel's row operations run for N output columns (kgen/rows.py explains the
+"""How a kernel's row operations run for N output columns (kgen/lower/rows.py explains the
 two strategies): in one tile, or in two passes, the GEMM kernel storing per-tile
 statistics and a finishing kernel combining them.
 
 A module declares its row operations as a table, one `RowOp` each in order (written
-by kgen.rows.table); `plan(name, ops, N, block_n)` decides the tiling for one N.
+by kgen.lower.steps.table); `plan(name, ops, N, block_n)` decides the tiling for one N.
 """
 
 from __future__ import annotations
