@@ -3,7 +3,7 @@
     python bench/call_cost.py [SPEC_NAME...] [--shapes 128x1024x512,16x4096x4096]
 
 For each committed spec (default: the two seeds) and shape (MxNxK), fp16: the wall
-time per call in a tight loop synchronised at the end (median of 5 runs of 2000 calls;
+time per call in a tight loop synchronised at the end (kgen.tune.wall_us;
 at these sizes the CPU side decides) of
 
 - `torch.mm`, `F.linear`, and eager PyTorch (F.linear, then the epilogue's torch ops,
@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -35,20 +32,7 @@ from kgen import bench, tune
 from kgen.build import compile_spec, import_file, read_spec
 from kgen.ir import Role
 from kgen.runtime import launch
-
-
-def per_call_us(fn: Callable[[], Any], n: int = 2000) -> float:
-    for _ in range(50):
-        fn()
-    torch.cuda.synchronize()
-    runs = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-        runs.append((time.perf_counter() - start) / n * 1e6)
-    return sorted(runs)[2]
+from kgen.tune import wall_us
 
 
 def measure(name: str, shape: tune.Shape) -> dict[str, float]:
@@ -98,21 +82,21 @@ def measure(name: str, shape: tune.Shape) -> dict[str, float]:
         assert torch.equal(static_out, want), "replay differs from a call"
 
         times = {
-            "torch.mm": per_call_us(lambda: torch.mm(x, wt)),
-            "F.linear": per_call_us(lambda: torch.nn.functional.linear(x, w)),
-            "eager PyTorch": per_call_us(lambda: eager(*tensors, **floats)),
-            "kgen function": per_call_us(lambda: fn(*tensors, **floats)),
-            "kgen ModelNew": per_call_us(lambda: model(*model_args)),
-            "  layout key": per_call_us(lambda: launch.layout_key(tensors)),
-            "  plan lookup": per_call_us(lambda: op.plans[launch.layout_key(tensors)]),
-            "  plan.run": per_call_us(lambda: plan.run(call)),
-            "  output allocation": per_call_us(plan._out),
-            "  launcher alone": per_call_us(lambda: gemm.through_launcher(run_values, stream)),
-            "  kernel[grid](...) alone": per_call_us(
+            "torch.mm": wall_us(lambda: torch.mm(x, wt)),
+            "F.linear": wall_us(lambda: torch.nn.functional.linear(x, w)),
+            "eager PyTorch": wall_us(lambda: eager(*tensors, **floats)),
+            "kgen function": wall_us(lambda: fn(*tensors, **floats)),
+            "kgen ModelNew": wall_us(lambda: model(*model_args)),
+            "  layout key": wall_us(lambda: launch.layout_key(tensors)),
+            "  plan lookup": wall_us(lambda: op.plans[launch.layout_key(tensors)]),
+            "  plan.run": wall_us(lambda: plan.run(call)),
+            "  output allocation": wall_us(plan._out),
+            "  launcher alone": wall_us(lambda: gemm.through_launcher(run_values, stream)),
+            "  kernel[grid](...) alone": wall_us(
                 lambda: gemm.jit[gemm.grid](*jit_args, **gemm.options)
             ),
-            "through the dispatcher": per_call_us(lambda: op.operator(*call)),
-            "CUDA graph replay": per_call_us(graph.replay),
+            "through the dispatcher": wall_us(lambda: op.operator(*call)),
+            "CUDA graph replay": wall_us(graph.replay),
         }
     if rest:
         times["  (plus a finishing kernel)"] = float("nan")

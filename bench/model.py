@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from kgen.build import import_file
-from kgen.tune import median_ms
+from kgen.tune import median_ms, wall_us
 
 GENERATED = Path(__file__).resolve().parent.parent / "generated"
 LAYERS = 8
@@ -95,26 +95,6 @@ def _agree(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
     scale = want.float().abs().max().item()
     if not error <= 0.05 * max(scale, 1e-3):
         raise AssertionError(f"{what}: max |kgen - PyTorch| = {error:.3g} at scale {scale:.3g}")
-
-
-def wall_us(fn: Callable[[], Any]) -> float:
-    """Wall time per call of `fn` in a loop synchronised at the end: median of 5 runs
-    of at least ~20 ms each."""
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    once = time.perf_counter() - start
-    n = max(5, min(2000, int(0.02 / max(once, 1e-6))))
-    runs = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-        runs.append((time.perf_counter() - start) / n * 1e6)
-    return sorted(runs)[2]
 
 
 def main() -> None:

@@ -144,6 +144,31 @@ def _spin_rate() -> float:
     return _SPIN_RATE[device]
 
 
+def wall_us(fn: Callable[[], Any], calls: int | None = None) -> float:
+    """The wall time per call of `fn` in microseconds, in a tight loop synchronised at
+    the end (median of 5 runs of `calls` calls, or of enough for ~20 ms): what a loop
+    of calls feels, CPU and GPU together. At small sizes the CPU side decides it, which
+    `median_ms` leaves out by design."""
+    fn()
+    torch.cuda.synchronize()
+    if calls is None:
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        calls = max(5, min(2000, int(0.02 / max(time.perf_counter() - start, 1e-6))))
+    for _ in range(min(calls, 50)):
+        fn()
+    torch.cuda.synchronize()
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        runs.append((time.perf_counter() - start) / calls * 1e6)
+    return sorted(runs)[2]
+
+
 def median_ms(fn: Callable[[], Any], warmup: int = 25, rep: int = 100) -> float:
     """The median GPU time of `fn()` in milliseconds, measured as
     `triton.testing.do_bench` measures it (L2 flushed before every run, CUDA events

@@ -110,8 +110,11 @@ class Launch:
         return compiled
 
     def through_launcher(self, run_values: Sequence[Any], stream: int) -> None:
+        """Launch the kept compiled kernel through its launcher, on `stream` (what
+        `kernel[grid](...)` ends in, without its binding, specialization and cache
+        lookup: 4.7 against 20.6 us on the H200, bench/call_cost.py)."""
         launch, head = self.direct  # type: ignore[misc]
-        args = self.args.copy()
+        args = self.args.copy()  # (self.fill, inline: the hot path)
         for position, source in self.slots:
             args[position] = run_values[source]
         launch(*self.grid, stream, *head, *args)

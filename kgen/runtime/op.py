@@ -63,11 +63,6 @@ def _untraced() -> bool:
     )
 
 
-def _lean() -> bool:
-    """The lean path may run: untraced, and no autocast (which casts x and weight)."""
-    return _untraced() and not (_any_autocast() if _any_autocast is not None else True)
-
-
 __all__ = ["GemmOp", "RowOp", "Rows"]
 
 
@@ -146,7 +141,9 @@ class GemmOp:
 
     def __call__(self, *args: Any) -> torch.Tensor:
         """x, weight, the tensor operands, then the float params."""
-        if not (  # _lean(), inline: this is the hot path
+        # the lean path: untraced (_untraced(), inline: this is the hot path) and no
+        # autocast (which would cast x and weight)
+        if not (
             _is_compiling()
             or _C._is_torch_function_mode_enabled()
             or _C._len_torch_dispatch_stack()
