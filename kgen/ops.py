@@ -142,15 +142,28 @@ def fp32_overflow(value: torch.Tensor) -> torch.Tensor:
     return torch.where(value.abs() > FP32_MAX, value.detach() * math.inf, value)
 
 
+FP32_UNDER = 2.0**-150  # half fp32's smallest subnormal: a result this small rounds to 0
+
+
+def fp32_range(value: torch.Tensor) -> torch.Tensor:
+    """`value` (float64, say) with fp32's range: past FLT_MAX it is +-Inf, and at most
+    half the smallest subnormal (2^-150) rounds to a signed zero, as it does in any
+    fp32 arithmetic."""
+    value = fp32_overflow(value)
+    return torch.where(value.abs() <= FP32_UNDER, value * 0.0, value)
+
+
 V = ArgType.VALUE
 S = ArgType.SCALAR
 
 
 def _softplus_reference(x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
-    # z = beta x is an fp32 product in the kernel and in PyTorch's fp32 softplus: past
-    # FLT_MAX it is Inf, in float64 too (x = 20, beta = -FLT_MAX, threshold = -Inf:
-    # both give -0.0, where float64's finite z would pick x)
-    z = fp32_overflow(x * beta)
+    # z = beta x is an fp32 product in the kernel and in PyTorch's fp32 softplus, with
+    # fp32's range: past FLT_MAX it is Inf (x = 20, beta = -FLT_MAX, threshold = -Inf:
+    # both give -0.0, where float64's finite z would pick x), and a product below
+    # 2^-150 is 0 (x = beta = 1.6e-34, threshold = 0: both take log1p(exp(0)) / beta,
+    # where float64's z = 2.7e-68 > 0 would pick x)
+    z = fp32_range(x * beta)
     log1p_exp = torch.clamp(z, min=0.0) + torch.log1p(torch.exp(-z.abs()))
     return torch.where(z > threshold, x, log1p_exp / beta)
 

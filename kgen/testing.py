@@ -58,7 +58,7 @@ import torch
 from kgen import reference
 from kgen.ir import Instr, Kernel
 from kgen.lower.steps import RowStep, plan_function, steps
-from kgen.ops import FP32_MAX, RowKind, absolute_forms, fp32_overflow
+from kgen.ops import FP32_MAX, RowKind, absolute_forms, fp32_range
 
 # Unit roundoff of the GEMM, by what multiplies: 16-bit operands have exact products
 # in fp32, so only fp32 accumulation counts; fp32 operands add the rounding of their
@@ -108,8 +108,6 @@ PYTORCH_TOLERANCE: dict[torch.dtype, tuple[float, float]] = {
     torch.float16: (1e-2, 1e-2),
     torch.bfloat16: (1e-2, 1e-2),
 }
-
-_FP32_UNDER = 2.0**-150  # half fp32's smallest subnormal: rounds to zero
 
 
 @dataclass(frozen=True)
@@ -166,10 +164,8 @@ class _Case:
 
 
 def _fp32_range(value: torch.Tensor, _instr: Instr | None = None) -> torch.Tensor:
-    """float64 with fp32's range: past FLT_MAX is Inf, and at most half the smallest
-    subnormal (2^-150) rounds to a signed zero, as it does in any fp32 arithmetic."""
-    value = fp32_overflow(value)
-    return torch.where(value.abs() <= _FP32_UNDER, value * 0.0, value)
+    """float64 with fp32's range (kgen.ops.fp32_range), as a reference hook."""
+    return fp32_range(value)
 
 
 def evaluations(kernel: Kernel, *args: Any, device: str = "cuda", **floats: Any) -> torch.Tensor:

@@ -52,7 +52,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import DEVICES, SPECS, committed, import_file
+from helpers import DEVICES, SPECS, build_and_import, committed, import_file
 from hypothesis import given, note, reject
 from hypothesis import strategies as st
 from strategies import DTYPES, FP32_MAX, FP32_TINY, NON_FINITE, extreme_floats
@@ -618,3 +618,21 @@ def test_values_below_fp32s_range_are_zero_in_the_oracle(tmp_path: Path) -> None
     compiled, module = build_and_import("param a: float\nepilogue: bias; celu(alpha=a)\n", tmp_path)
     out = getattr(module, compiled.kernel.name)(x, weight, bias, a=5.1e-39)
     assert testing.check(compiled.kernel, out, x, weight, bias, a=5.1e-39) is None
+
+
+def test_softplus_product_below_fp32s_range_is_zero(tmp_path) -> None:
+    """beta * x below half fp32's smallest subnormal is 0 in any fp32 arithmetic, the
+    kernel's and PyTorch's fp32 softplus alike: with threshold 0 both take
+    log1p(exp(0)) / beta, where a float64 product (2.7e-68 > 0) would pick x. The oracle
+    holds the kernel to that (a Hypothesis case of test_op_extremes found it)."""
+    text = (
+        "gemm: linear(in_features, out_features, bias=false)\n"
+        "param b: float\nepilogue: softplus(beta=b, threshold=0)\n"
+    )
+    compiled, module = build_and_import(text, tmp_path)
+    tiny = 1.6351100017232874e-34
+    x, w = torch.full((3, 1), tiny), torch.ones(2, 1)
+    out = module.spec(x, w, b=tiny)
+    torch_fp32 = torch.nn.functional.softplus(x @ w.T, beta=tiny, threshold=0.0)
+    assert torch.isfinite(out).all() and torch.allclose(out, torch_fp32, rtol=1e-6)
+    testing.assert_matches_reference(compiled.kernel, out, x, w, b=tiny)
