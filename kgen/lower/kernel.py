@@ -23,17 +23,17 @@ from kgen.ir import Kernel, Kind, Operand, Role
 from kgen.lower import rows
 from kgen.lower.epilogue import Level, Writer
 from kgen.lower.mainloop import (
-    _CONSTEXPRS,
-    _DOT,
-    _DOT_BF16X3,
-    _EPILOGUE_MASKS,
-    _FP32_DOT,
-    _MAINLOOP,
-    _ROW_TILES,
-    _SPLIT_K_FIXUP,
-    _SPLIT_K_LOOP,
-    _SUBTILE,
-    _W_DESC_LOAD,
+    CONSTEXPRS,
+    DOT,
+    DOT_BF16X3,
+    EPILOGUE_MASKS,
+    FP32_DOT,
+    MAINLOOP,
+    ROW_TILES,
+    SPLIT_K_FIXUP,
+    SPLIT_K_LOOP,
+    SUBTILE,
+    W_DESC_LOAD,
 )
 from kgen.lower.steps import finish_needed, steps
 from kgen.lower.text import new_namer
@@ -105,7 +105,7 @@ def gemm_kernels(kernel: Kernel) -> str:
     scratch = [] if kernel.row_ops else ["split_partials_ptr", "split_counts_ptr"]
     params = [*_pointer_args(kernel), *scratch, "x_desc", "w_desc", *sizes, *strides]
     params += [f.name for f in kernel.floats]
-    params += [f"{c}: tl.constexpr" for c in _CONSTEXPRS]
+    params += [f"{c}: tl.constexpr" for c in CONSTEXPRS]
     if kernel.row_ops:
         params += [f"{c}: tl.constexpr" for c in _row_constexprs(kernel)]
     else:
@@ -119,25 +119,25 @@ def gemm_kernels(kernel: Kernel) -> str:
     ]
     # adding an int64 zero turns a stride (an int32, or a constexpr 1) into an int64
     wide = [f"        {s} = {s} + tl.zeros([], dtype=tl.int64)" for s in strides]
-    body = _MAINLOOP.replace("{wide_strides}", "\n".join(wide)).replace(
-        "{w_desc_load}", _W_DESC_LOAD[kernel.gemm]
+    body = MAINLOOP.replace("{wide_strides}", "\n".join(wide)).replace(
+        "{w_desc_load}", W_DESC_LOAD[kernel.gemm]
     )
     epilogue = _epilogue(kernel)
     if kernel.row_ops:
-        for old, new in _ROW_TILES:
+        for old, new in ROW_TILES:
             assert body.count(old) <= 1, old  # one of the descriptor loads is there
             body = body.replace(old, new)
     else:
-        for old, new in _SPLIT_K_LOOP:
+        for old, new in SPLIT_K_LOOP:
             assert body.count(old) == 1, old
             body = body.replace(old, new)
         head_of_epilogue = (
             "        # -- epilogue: fp32, in registers\n        mask_m = offs_m < M\n"
         )
-        assert body.endswith(head_of_epilogue + _EPILOGUE_MASKS)
-        body = body[: -len(head_of_epilogue + _EPILOGUE_MASKS)] + _SPLIT_K_FIXUP
+        assert body.endswith(head_of_epilogue + EPILOGUE_MASKS)
+        body = body[: -len(head_of_epilogue + EPILOGUE_MASKS)] + SPLIT_K_FIXUP
         inside = [f"    {line}" for line in epilogue]  # inside the subtile loop
-        epilogue = ["        mask_m = (offs_m < M) & split_last", *_SUBTILE.splitlines(), *inside]
+        epilogue = ["        mask_m = (offs_m < M) & split_last", *SUBTILE.splitlines(), *inside]
     text = "\n".join([*head, body.strip("\n"), *epilogue]) + "\n"
     if finish_needed(kernel):
         text += "\n\n" + _finish_kernel(kernel)
@@ -183,6 +183,6 @@ def helpers(kernel: Kernel) -> str:
     if kernel.row_ops:
         parts.append(rows.SEGMENT_HELPERS.strip("\n"))
     if kernel.precision == "bf16x3":
-        parts.append(_DOT_BF16X3.strip("\n"))
-    parts.append(_DOT.replace("{fp32_dot}", _FP32_DOT[kernel.precision]).strip("\n"))
+        parts.append(DOT_BF16X3.strip("\n"))
+    parts.append(DOT.replace("{fp32_dot}", FP32_DOT[kernel.precision]).strip("\n"))
     return "\n\n\n".join(parts)

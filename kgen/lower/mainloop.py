@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kgen.ir import Gemm
 
-_MAINLOOP = """
+MAINLOOP = """
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
     # tile each unless the launch is persistent), in grouped order along M for L2 reuse
     # (Triton tutorials 03 and 09)
@@ -65,9 +65,9 @@ _MAINLOOP = """
         mask_mn = mask_m[:, None] & mask_n[None, :]
 """
 
-# The kernel's compile-time parameters, set by the launcher from the configuration
+# The kernel's compile-time parameters, set by the runtime's plan from the configuration
 # (see kgen/configs.py) and from the operands.
-_CONSTEXPRS = (
+CONSTEXPRS = (
     "BLOCK_M",
     "BLOCK_N",
     "BLOCK_K",
@@ -84,7 +84,7 @@ _CONSTEXPRS = (
 # 236 to 216 us (bf16) at 4096^3, 461 to 429 and 428 to 426 us at 2048x8192x8192, and
 # left seed 001's sigmoid within -1..+3 %. Registers stay ~253 per thread: the gain is
 # in scheduling, not spills.
-_SUBTILE = (
+SUBTILE = (
     "        acc_tile = acc\n"
     "        for subtile in tl.static_range(SUBTILES):\n"
     "            if SUBTILES == 1:\n"
@@ -98,14 +98,14 @@ _SUBTILE = (
     "            mask_n = offs_n < N\n"
     "            mask_mn = mask_m[:, None] & mask_n[None, :]\n"
 )
-_EPILOGUE_MASKS = (
+EPILOGUE_MASKS = (
     "        mask_n = offs_n < N\n        mask_mn = mask_m[:, None] & mask_n[None, :]\n"
 )
 
 # Split-K (kgen/configs.py; kernels without row operations): program (t, s) of the
 # (tiles, SPLIT_K) grid sums k-steps [s * per, (s + 1) * per) of tile t. With SPLIT_K = 1
 # the branches fold away at compile time and the loops are the plain ones.
-_SPLIT_K_LOOP = [
+SPLIT_K_LOOP = [
     (
         "    k_steps = tl.cdiv(K, BLOCK_K)\n",
         "    k_steps = tl.cdiv(K, BLOCK_K)\n"
@@ -136,7 +136,7 @@ _SPLIT_K_LOOP = [
 # the others' stores are masked off. (Not `if split_last:` around the epilogue: the
 # subtiles redefine offs_n and acc with other shapes, which a run-time `if` cannot do.)
 # Partials are read through L2 (.cg), never a stale L1 line.
-_SPLIT_K_FIXUP = """
+SPLIT_K_FIXUP = """
         # -- split-K: the tile's last program to arrive adds the partial sums
         split_last = True
         if SPLIT_K > 1:
@@ -155,7 +155,7 @@ _SPLIT_K_FIXUP = """
         # -- epilogue: fp32, in registers
 """
 
-_W_DESC_LOAD = {
+W_DESC_LOAD = {
     # linear: weight is [N, K], its descriptor's blocks [BLOCK_N, BLOCK_K]
     Gemm.LINEAR: "w_desc.load([pid_n * BLOCK_N, k_step * BLOCK_K]).T",
     # matmul: weight is [K, N], blocks [BLOCK_K, BLOCK_N]
@@ -163,14 +163,14 @@ _W_DESC_LOAD = {
 }
 
 # acc + x_tile @ w_tile with an fp32 accumulator, for the spec's fp32 precision.
-_FP32_DOT = {
+FP32_DOT = {
     "tf32x3": 'acc = tl.dot(x_tile, w_tile, acc, input_precision="tf32x3")',
     "tf32": 'acc = tl.dot(x_tile, w_tile, acc, input_precision="tf32")',
     "ieee": 'acc = tl.dot(x_tile, w_tile, acc, input_precision="ieee")',
     "bf16x3": "acc = _dot_bf16x3(x_tile, w_tile, acc, UPCAST_DOT)",
 }
 
-_DOT = """
+DOT = """
 @triton.jit
 def _dot(x_tile, w_tile, acc, UPCAST_DOT: tl.constexpr):
     # acc + x_tile @ w_tile, accumulated in fp32; fp32 operands at the spec's precision
@@ -185,7 +185,7 @@ def _dot(x_tile, w_tile, acc, UPCAST_DOT: tl.constexpr):
     return acc
 """
 
-_DOT_BF16X3 = """
+DOT_BF16X3 = """
 @triton.jit
 def _dot_bf16x3(a, b, acc, UPCAST_DOT: tl.constexpr):
     # fp32 operands as hi + lo bf16 pairs; three bf16 products (lo * lo dropped,
@@ -210,7 +210,7 @@ def _dot_bf16x3(a, b, acc, UPCAST_DOT: tl.constexpr):
 
 # The mainloop of a kernel with row operations: tiles of `tile_n` columns that never
 # straddle a segment of `seg_n` columns (kgen/lower/rows.py), at any column offset n0.
-_ROW_TILES = [
+ROW_TILES = [
     (
         "    num_pid_n = tl.cdiv(N, BLOCK_N)\n",
         "    num_pid_n = num_segs * seg_tiles\n    num_tiles_n = num_pid_n\n",

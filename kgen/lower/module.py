@@ -89,7 +89,7 @@ def _function(kernel: Kernel) -> str:
     call = ", ".join(positional + [f.name for f in kernel.floats])
     lines = [
         f"def {kernel.name}({', '.join(sig)}):",
-        *_launcher_doc(kernel),
+        *_function_doc(kernel),
         f"    return _OP({call})",
     ]
     return "\n".join(lines) + "\n"
@@ -103,7 +103,7 @@ def _epilogue_text(kernel: Kernel) -> str:
     return "(none)"
 
 
-def _launcher_doc(kernel: Kernel) -> list[str]:
+def _function_doc(kernel: Kernel) -> list[str]:
     in_f, out_f = kernel.in_features, kernel.out_features
     if kernel.gemm is Gemm.LINEAR:
         gemm = f"x[*, {in_f}] @ weight[{out_f}, {in_f}]^T"
