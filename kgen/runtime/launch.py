@@ -199,6 +199,7 @@ class Plan:
         "out_shape",
         "out_strides",
         "scratch",
+        "scratch_strides",
         "simple",
         "views",
     )
@@ -228,6 +229,7 @@ class Plan:
         self.out_2d = out_2d
         self.out_dtype = out_dtype
         self.scratch = scratch  # (shape, dtype) of a per-call fp32 workspace
+        self.scratch_strides = _contiguous(scratch[0]) if scratch is not None else ()
         self.counts = counts  # split-K arrival counters, one per tile
         self.descs = tuple(descs)  # (which tensor, its descriptor's template)
         self.launches = tuple(launches)
@@ -246,19 +248,22 @@ class Plan:
                 return self._run_direct(args)
         return self._run_triton(args)
 
-    def _out(self) -> torch.Tensor:
+    def _empty(
+        self, shape: tuple[int, ...], strides: tuple[int, ...], dtype: torch.dtype
+    ) -> torch.Tensor:
+        """A contiguous buffer on the plan's device (the current one, for CUDA)."""
         if _empty_cuda is not None and self.index >= 0:
-            return _empty_cuda(self.out_shape, self.out_strides, self.out_dtype)
-        return torch.empty(self.out_shape, dtype=self.out_dtype, device=self.device)
+            return _empty_cuda(shape, strides, dtype)
+        return torch.empty(shape, dtype=dtype, device=self.device)
+
+    def _out(self) -> torch.Tensor:
+        return self._empty(self.out_shape, self.out_strides, self.out_dtype)
 
     def _buffers(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         scratch = counts = None
         if self.scratch is not None:
             shape, dtype = self.scratch
-            if _empty_cuda is not None and self.index >= 0:
-                scratch = _empty_cuda(shape, _contiguous(shape), dtype)
-            else:
-                scratch = torch.empty(shape, dtype=dtype, device=self.device)
+            scratch = self._empty(shape, self.scratch_strides, dtype)
         if self.counts:
             counts = split_counts(self.device, self.counts)
         return scratch, counts
