@@ -103,7 +103,14 @@ def _heuristic(
     block_k = min(block_k, max(16, triton.next_power_of_2(K)))
     tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
     k_steps = triton.cdiv(K, block_k)
-    while split_k < 8 and tiles * split_k * 2 <= num_sms and k_steps >= max(32, 8 * split_k):
+    # (a persistent loop does not split: few tiles of 128x256 with many of 128x128,
+    # e.g. 385x3969x1985, would otherwise ask it to)
+    while (
+        loop != "persistent"
+        and split_k < 8
+        and tiles * split_k * 2 <= num_sms
+        and k_steps >= max(32, 8 * split_k)
+    ):
         split_k *= 2
     return (block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k)
 
