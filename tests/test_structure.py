@@ -155,7 +155,12 @@ def test_specs_cover_the_language() -> None:
 
 def _kgen_imports() -> dict[str, set[str]]:
     """kgen's modules and the kgen modules each imports, at module level or inside a
-    function (a package counts as importing what its `__init__` imports)."""
+    function (a package counts as importing what its `__init__` imports).
+
+    Importing a.b.c runs a and a.b first; a module inside a.b, though, runs only once
+    a.b has started, so importing a.b's other modules (`from a.b.c import f`) needs
+    nothing more of a.b there, and is no edge to it. Importing a.b itself, or a name
+    it defines (`from a.b import g`), is one."""
     package = GENERATED.parent / "kgen"
     modules = {}
     for path in package.rglob("*.py"):
@@ -176,7 +181,8 @@ def _kgen_imports() -> dict[str, set[str]]:
                 pieces = target.split(".")
                 for i in range(1, len(pieces) + 1):
                     prefix = ".".join(pieces[:i])
-                    if prefix in modules and prefix != name:
+                    started = name.startswith(f"{prefix}.") and prefix != target
+                    if prefix in modules and prefix != name and not started:
                         edges[name].add(prefix)
     return edges
 
@@ -201,6 +207,21 @@ def test_kgen_has_no_import_cycle() -> None:
     for name in sorted(edges):
         if name not in state:
             visit(name, [name])
+
+
+@pytest.mark.parametrize("package", ["kgen.analyze", "kgen.lower", "kgen.runtime"])
+def test_a_package_lists_its_modules_in_import_order(package: str) -> None:
+    """A package's docstring lists its modules, each importing only those above it."""
+    init = GENERATED.parent.joinpath(*package.split("."), "__init__.py")
+    listed = re.findall(r"^    (\w+)  ", ast.get_docstring(ast.parse(init.read_text())) or "", re.M)
+    modules = {p.stem for p in init.parent.glob("*.py")} - {"__init__"}
+    assert sorted(listed) == sorted(modules)
+    edges = _kgen_imports()
+    for i, module in enumerate(listed):
+        imported = {m for m in listed if f"{package}.{m}" in edges[f"{package}.{module}"]}
+        assert imported <= set(listed[:i]), f"{module} imports {imported - set(listed[:i])}"
+    if package == "kgen.analyze":  # the passes import one another (not only the package)
+        assert "kgen.analyze.declarations" in edges["kgen.analyze.elaborate"]
 
 
 def test_the_runtime_needs_nothing_of_the_compiler() -> None:
