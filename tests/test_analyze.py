@@ -1319,6 +1319,15 @@ def test_where_with_a_constant_condition_picks_a_branch() -> None:
     assert result(k).op == "mul"
 
 
+def test_a_constant_condition_picks_its_branch_before_the_checks() -> None:
+    """Folding happens as values are built: the branch a constant condition rules out
+    is never checked, so a def may offer one that does not fit every call."""
+    spec = "input r: [M, N]\ndef f(s=1) = where(s > 0, acc, r)\nepilogue: bias; maxpool(2); acc = f(acc)"
+    assert result(kernel(spec)).op == "maxpool"
+    err = error(spec.replace("f(acc)", "where(acc > 0, acc, r)"))
+    assert type(err) is KindError and "different numbers of columns" in err.message
+
+
 def test_non_finite_results_are_not_folded() -> None:
     k = kernel("epilogue: bias; acc = acc + log(0)")
     log = only_instr(k, "log")
@@ -1342,6 +1351,16 @@ def test_common_subexpression_is_computed_once() -> None:
     add = result(k)
     assert add.op == "add"
     assert add.args == (sigmoid.id, sigmoid.id)
+
+
+def test_equal_row_operations_are_one_value() -> None:
+    """Values are shared as they are built, before the segment check: one row operation
+    of one value, written twice, is one value, so what follows either may mix."""
+    k = kernel("epilogue: bias; g = acc; softmax; h = acc; acc = g; softmax; acc = acc + h")
+    softmax = only_instr(k, "softmax")
+    assert result(k).args == (softmax.id, softmax.id)
+    err = error("epilogue: bias; g = acc; softmax; h = acc; acc = g; log_softmax; acc = acc + h")
+    assert type(err) is NotSupportedError
 
 
 def test_an_operand_is_loaded_once() -> None:
