@@ -109,6 +109,7 @@ def scaled_swish_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     TMA: tl.constexpr,
+    SWAP: tl.constexpr,
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
@@ -158,10 +159,20 @@ def scaled_swish_kernel(
         if TMA:
             # Tensor descriptors (Hopper's TMA copy engine): tiles arrive in shared
             # memory, with rows, columns and k past the edges filled with zeros.
+            if SWAP:
+                # Few rows: the product transposed, out^T = W x^T, so the weight's
+                # columns take the tensor cores' 64-wide side and the few rows the
+                # narrow one (as cuBLAS does for skinny GEMMs); back for the epilogue.
+                acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
             for k_step in range(split_k_first, split_k_end):
                 x_tile = x_desc.load([pid_m * BLOCK_M, k_step * BLOCK_K])
                 w_tile = w_desc.load([pid_n * BLOCK_N, k_step * BLOCK_K]).T
-                acc = _dot(x_tile, w_tile, acc, UPCAST_DOT)
+                if SWAP:
+                    acc = _dot(w_tile.T, x_tile.T, acc, UPCAST_DOT)
+                else:
+                    acc = _dot(x_tile, w_tile, acc, UPCAST_DOT)
+            if SWAP:
+                acc = acc.T
         else:
             # Pointers. Rows and columns past the edge wrap onto valid ones, so the
             # tile loads need no M/N mask; their results are masked at the store. The

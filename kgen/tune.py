@@ -282,9 +282,10 @@ def tune_case(
     args, floats = inputs(kernel, shape, dtype)
     values = float_values(kernel, floats)
     tma = devices.tma_ready(args[0], args[1])
-    num_sms = devices.device(args[0].device).num_sms  # what a persistent launch uses
+    facts = devices.device(args[0].device)
+    num_sms = facts.num_sms  # what a persistent launch uses
     cands = configs.candidates(shape.M, shape.N, shape.K, dtype, tma, num_sms)
-    default = configs._heuristic(shape.M, shape.N, shape.K, dtype, tma, num_sms)
+    default = configs._heuristic(shape.M, shape.N, shape.K, dtype, tma, num_sms, facts.smem)
     if kernel.row_ops:  # row kernels do not split K (kgen/configs.py)
         cands = [c for c in cands if c[7] == 1]
         default = (*default[:7], 1)

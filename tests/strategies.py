@@ -70,6 +70,9 @@ GPU_CONFIGS = [
     (32, 32, 64, 1, 4, 3, "pointer", 4),
     (64, 64, 32, 8, 4, 3, "tma", 2),
     (16, 16, 16, 1, 4, 2, "pointer", 8),
+    # the transposed product (few rows)
+    (16, 64, 64, 8, 4, 4, "swap", 1),
+    (32, 128, 32, 8, 4, 6, "swap", 2),
 ]
 
 
@@ -103,7 +106,7 @@ def configs(draw: st.DrawFn, M: int, N: int, K: int, device: str) -> tuple[int, 
     ]
     bm, bn, bk = draw(st.sampled_from(choices))
     group_m = draw(st.sampled_from([1, 2, 8]))
-    warps, stages = draw(st.sampled_from([4, 8])), draw(st.sampled_from([2, 3]))
+    warps, stages = draw(st.sampled_from([4, 8])), draw(st.sampled_from([2, 3, 4]))
     loop = draw(st.sampled_from(LOOPS))
     # split-K: any count works, more splits than k-steps included (empty splits add 0)
     split_k = 1 if loop == "persistent" else draw(st.sampled_from([1, 1, 2, 3]))

@@ -852,6 +852,14 @@ SEMANTIC_ERRORS = [
         "avgpool's 'k' must be a whole number from 1",
         id="avgpool-zero",
     ),
+    pytest.param(  # a literal past a float's range reads as inf (once an OverflowError)
+        "epilogue: bias; avgpool(" + "3" * 400 + ")",
+        ArgumentError,
+        1,
+        25,
+        "avgpool's 'k' must be a whole number from 1",
+        id="avgpool-beyond-float",
+    ),
     pytest.param(
         "epilogue: bias; row_sum(keepdim=no)",
         ArgumentError,

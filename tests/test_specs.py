@@ -74,7 +74,7 @@ def test_split_k(name: str) -> None:
     kernel = compiled.kernel
     args, floats = inputs(kernel, Shape(40, 50, 70), torch.float32, device="cpu", seed=7)
     plain = run(module, kernel, (32, 32, 16, 1, 4, 3, "pointer", 1), args, floats)
-    for loop in ("pointer", "tma"):
+    for loop in ("pointer", "tma", "swap"):
         for split_k in (2, 3, 5):
             out = run(module, kernel, (32, 32, 16, 1, 4, 3, loop, split_k), args, floats)
             testing.assert_matches_reference(kernel, out, *args, **floats)

@@ -94,8 +94,8 @@ def test_every_identifier_is_accounted_for(path) -> None:
 def test_configs_follow_the_seeds_rules() -> None:
     assert all(configs.is_valid(c) for c in configs.CONFIGS.values())
     assert any(c[4] == 4 and c[5] == 2 for c in configs.CONFIGS.values())  # the baseline
-    # every loop but warp specialization has a heuristic choice
-    assert {c[6] for c in configs.CONFIGS.values()} == {"pointer", "persistent"}
+    # every loop but the plain "tma" one (the tuner's) has a heuristic choice
+    assert {c[6] for c in configs.CONFIGS.values()} == {"pointer", "persistent", "swap"}
 
 
 @given(
@@ -113,12 +113,30 @@ def test_chosen_config_is_a_candidate(
     assert configs.is_valid(chosen)
     assert tma or chosen[6] == "pointer"
     assert any(
-        chosen[:2] == c[:2] and chosen[3:7] == c[3:7] and chosen[2] <= c[2]
+        chosen[:2] == c[:2] and chosen[3:5] == c[3:5] and chosen[6] == c[6] and chosen[2] <= c[2]
         for c in configs.CONFIGS.values()
     )
+    # the pipeline fits a Hopper GPU's shared memory, with room for the epilogue
+    bm, bn, bk, *_ = chosen
+    stage = (bm + bn) * bk * dtype.itemsize
+    assert chosen[5] == 2 or chosen[5] * stage <= configs.SMEM_HOPPER - configs.EPILOGUE_SMEM
     if chosen[7] > 1:  # split-K: few tiles, every split 4 k-steps or more
         tiles = triton.cdiv(M, chosen[0]) * triton.cdiv(N, chosen[1])
         assert tiles * chosen[7] <= 132 and triton.cdiv(K, chosen[2]) >= 4 * chosen[7]
+
+
+@pytest.mark.parametrize("smem", [99 * 1024, 164 * 1024, 227 * 1024])
+def test_stages_are_cut_to_the_shared_memory(smem: int) -> None:
+    """A GPU with less shared memory than Hopper's gets fewer stages, never fewer than
+    two (the configuration must still compile there)."""
+    for M, N, K in [(16, 4096, 4096), (256, 4096, 4096), (512, 4096, 4096), (4096,) * 3]:
+        for dtype in (torch.float16, torch.float32):
+            hopper = configs._heuristic(M, N, K, dtype, True, 132)
+            small = configs._heuristic(M, N, K, dtype, True, 132, smem)
+            assert small[:5] == hopper[:5] and small[6:] == hopper[6:]
+            stage = (small[0] + small[1]) * small[2] * dtype.itemsize
+            assert small[5] <= hopper[5]
+            assert small[5] == 2 or small[5] * stage <= smem - configs.EPILOGUE_SMEM
 
 
 def test_specs_cover_the_language() -> None:

@@ -95,7 +95,8 @@ def check_scalar(op: str, pname: str, value: Instr, span: Span) -> None:
 def positive_int(expr: Expr | float, op: str, pname: str, span: Span) -> int:
     """A row operation's size (groups, a window): a whole number, fixed at build time."""
     where = span if isinstance(expr, float) else expr.span
-    if isinstance(expr, Number) and expr.value == int(expr.value) and 1 <= expr.value <= 2**20:
+    # (the range first: int() of a literal too large for a float, inf, would raise)
+    if isinstance(expr, Number) and 1 <= expr.value <= 2**20 and expr.value == int(expr.value):
         return int(expr.value)
     raise ArgumentError(
         where,

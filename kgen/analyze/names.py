@@ -79,6 +79,7 @@ RESERVED: frozenset[str] = frozenset(
         "acc_halves",
         # the mainloops and their launch (issue 3)
         "TMA",
+        "SWAP",
         "FLATTEN",
         "WIDE",
         "TensorDescriptor",

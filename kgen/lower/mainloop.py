@@ -1,5 +1,5 @@
 """The GEMM kernel's Triton source around the epilogue: the mainloops (pointers, TMA
-tensor descriptors, persistent TMA; kgen/configs.py says when each runs), split-K's
+tensor descriptors, TMA with the product transposed, persistent TMA; kgen/configs.py says when each runs), split-K's
 hand-off, the tiles of kernels with row operations, and the fp32 dot products. Text
 templates of *kernel* code, which kgen/lower/kernel.py assembles; nothing here runs on
 the host."""
@@ -39,10 +39,20 @@ MAINLOOP = """
         if TMA:
             # Tensor descriptors (Hopper's TMA copy engine): tiles arrive in shared
             # memory, with rows, columns and k past the edges filled with zeros.
+            if SWAP:
+                # Few rows: the product transposed, out^T = W x^T, so the weight's
+                # columns take the tensor cores' 64-wide side and the few rows the
+                # narrow one (as cuBLAS does for skinny GEMMs); back for the epilogue.
+                acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
             for k_step in range(k_steps):
                 x_tile = x_desc.load([pid_m * BLOCK_M, k_step * BLOCK_K])
                 w_tile = {w_desc_load}
-                acc = _dot(x_tile, w_tile, acc, UPCAST_DOT)
+                if SWAP:
+                    acc = _dot(w_tile.T, x_tile.T, acc, UPCAST_DOT)
+                else:
+                    acc = _dot(x_tile, w_tile, acc, UPCAST_DOT)
+            if SWAP:
+                acc = acc.T
         else:
             # Pointers. Rows and columns past the edge wrap onto valid ones, so the
             # tile loads need no M/N mask; their results are masked at the store. The
@@ -73,6 +83,7 @@ CONSTEXPRS = (
     "BLOCK_K",
     "GROUP_M",
     "TMA",  # tiles through tensor descriptors (else through pointers)
+    "SWAP",  # with TMA: the product computed transposed (the "swap" loop)
     "FLATTEN",  # persistent launch: let the compiler pipeline across tiles
     "WIDE",  # int64 offsets
     "UPCAST_DOT",  # the interpreter's bf16 tl.dot workaround

@@ -26,6 +26,7 @@ class Device:
     name: str  # the tuning file's key: the GPU's name, or "interpreter"
     num_sms: int
     tma: bool  # tensor descriptors (Hopper's TMA), with room for their stages
+    smem: int = 232448  # shared memory per block, in bytes (an H100's, an H200's)
 
 
 _DEVICES: dict[torch.device, Device] = {}
@@ -43,7 +44,7 @@ def device(where: torch.device) -> Device:
             # has 227 KB per block; some sm_12x cards about 99 KB)
             smem = getattr(props, "shared_memory_per_block_optin", 232448)
             tma = props.major >= 9 and smem >= 200 * 1024
-            facts = Device(props.name, props.multi_processor_count, tma)
+            facts = Device(props.name, props.multi_processor_count, tma, smem)
         _DEVICES[where] = facts
     return facts
 

@@ -274,7 +274,7 @@ class GemmOp:
             self.tuning.get(facts.name, {}), dtype, configs.bucket(M, N, K), tma
         )
         if config is None:
-            config = configs._heuristic(M, N, K, dtype, tma, facts.num_sms)
+            config = configs._heuristic(M, N, K, dtype, tma, facts.num_sms, facts.smem)
         return config
 
     def _plan(
@@ -357,7 +357,7 @@ class GemmOp:
                 (1, TensorDescriptor(weight, w_shape, [weight.stride(0), 1], w_block)),
             ]
             slots["x_desc"], slots["w_desc"] = n + DESC0, n + DESC1
-            if loop != "tma":
+            if loop == "persistent":
                 grid = min(grid, facts.num_sms)
         values.update(
             BLOCK_M=block_m,
@@ -365,6 +365,7 @@ class GemmOp:
             BLOCK_K=block_k,
             GROUP_M=group_m,
             TMA=loop != "pointer",
+            SWAP=loop == "swap",
             FLATTEN=loop == "persistent",
             WIDE=wide,
             UPCAST_DOT=devices.INTERPRET,
