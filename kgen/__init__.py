@@ -3,9 +3,13 @@
 The pipeline, one module per stage (see `kgen.build.compile_spec`):
 
     syntax   text -> syntax tree (Lark grammar, positions kept)
-    analyze  syntax tree -> IR (names, kinds, op signatures; `kgen.ir`)
-    emit     IR -> Triton module source
+    analyze  syntax tree -> verified IR, as passes (declarations, elaboration with
+             kinds and defs, fold and CSE as values are built, prune; `kgen.ir`)
+    lower    IR -> Triton module source (epilogue, rows, mainloop, kernel, module)
     build    black formatting, atomic writes, `--check`
+
+`kgen.runtime` is what a generated module imports to be called (checks, plans,
+launches, the torch.library operator); it needs nothing of the compiler.
 
 `kgen.ops` is the op registry every stage reads; `kgen.reference` evaluates the IR
 with torch and is the oracle the tests compare generated kernels against.
