@@ -129,14 +129,13 @@ def _heuristic(
         # whatever N is: a 128-row tile would leave 3/4 or more of its rows empty (at
         # 16x16384x4096 fp16 on the H200 the 128x256 persistent tile took 67 us)
         name = "few_rows"
-    elif M >= 128 and triton.cdiv(M, 128) * triton.cdiv(N, 256) >= wave:
-        name = "large"
-        if tma:
-            name = "large_tma_fp32" if dtype == torch.float32 else "large_tma"
     elif M >= 128 and triton.cdiv(M, 128) * triton.cdiv(N, 128) >= wave:
         name = "large"
-        if tma:
-            name = "large_tma_fp32" if dtype == torch.float32 else "mid_tma"
+        if tma and dtype == torch.float32:
+            name = "large_tma_fp32"
+        elif tma:  # 128x256 tiles once they too fill half a wave
+            wide = triton.cdiv(M, 128) * triton.cdiv(N, 256) >= wave
+            name = "large_tma" if wide else "mid_tma"
     elif triton.cdiv(M, 64) * triton.cdiv(N, 128) >= wave:
         name = "medium_wide"
     else:

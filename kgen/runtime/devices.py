@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import triton
 
+from kgen.configs import SMEM_HOPPER
+
 # Under TRITON_INTERPRET=1 kernels run on CPU tensors in Triton's interpreter (read
 # when the kernels are defined, so before a generated module is imported).
 INTERPRET = bool(triton.knobs.runtime.interpret)
@@ -26,7 +28,7 @@ class Device:
     name: str  # the tuning file's key: the GPU's name, or "interpreter"
     num_sms: int
     tma: bool  # tensor descriptors (Hopper's TMA), with room for their stages
-    smem: int = 232448  # shared memory per block, in bytes (an H100's, an H200's)
+    smem: int = SMEM_HOPPER  # shared memory per block, in bytes
 
 
 _DEVICES: dict[torch.device, Device] = {}
@@ -42,7 +44,7 @@ def device(where: torch.device) -> Device:
             props = torch.cuda.get_device_properties(where)
             # TMA: Hopper or newer, with room for the TMA configurations' stages (an H100
             # has 227 KB per block; some sm_12x cards about 99 KB)
-            smem = getattr(props, "shared_memory_per_block_optin", 232448)
+            smem = getattr(props, "shared_memory_per_block_optin", SMEM_HOPPER)
             tma = props.major >= 9 and smem >= 200 * 1024
             facts = Device(props.name, props.multi_processor_count, tma, smem)
         _DEVICES[where] = facts
