@@ -75,6 +75,11 @@ class OpDef:
     step: bool = True  # usable as an epilogue step (else only in expressions)
     public: bool = True  # the user may name it
     boolean: bool = False  # the result is a comparison
+    # The derivative rule (kgen.derive): (d, g, y, *args) -> one contribution per IR
+    # argument (x, implicit operands, params; None where it has none), written in
+    # registry ops through the builder `d`: g is the gradient reaching the result y.
+    # Arguments of type SCALAR take Python floats in torch and get no gradient.
+    grad: Callable[..., tuple[Any, ...]] | None = None
     # A cheaper lowering whose error is absolute rather than relative: at most
     # EPILOGUE_ULPS (kgen.testing) fp32 units of max(|result|, 1). Used only where the
     # value feeds nothing but softmaxes (`absolute_forms`), with its own helpers.
@@ -168,6 +173,56 @@ def _softplus_reference(x: torch.Tensor, beta: float, threshold: float) -> torch
     return torch.where(z > threshold, x, log1p_exp / beta)
 
 
+# -- derivative rules (OpDef.grad), in registry ops: d is kgen.derive's builder, g the
+# gradient reaching the op's result y. Each follows torch's own backward formula
+# (derivatives.yaml), ties and kinks included, so gradients match torch.autograd.
+
+
+def _d_minimum(d: Any, g: Any, y: Any, x: Any, v: Any) -> tuple[Any, ...]:
+    # torch.minimum: the smaller operand takes g, a tie gives each half
+    share = d.where(x < v, 1.0, d.where(x > v, 0.0, 0.5))
+    return g * share, g * (1.0 - share)
+
+
+def _d_maximum(d: Any, g: Any, y: Any, x: Any, v: Any) -> tuple[Any, ...]:
+    share = d.where(x > v, 1.0, d.where(x < v, 0.0, 0.5))
+    return g * share, g * (1.0 - share)
+
+
+def _d_clamp(d: Any, g: Any, y: Any, x: Any, lo: Any, hi: Any) -> tuple[Any, ...]:
+    # torch.clamp with tensor bounds (clamp_backward, clamp_backward_min_max): x takes g
+    # inside [lo, hi], lo where x < lo < hi, hi where x > hi or hi < lo (so where
+    # lo == hi and x is outside, torch gives no one g, and neither does this)
+    inside = d.where(x < lo, 0.0, d.where(x > hi, 0.0, 1.0))
+    below = d.where(x < lo, d.where(lo < hi, 1.0, 0.0), 0.0)
+    above = d.where(x > hi, 1.0, d.where(hi < lo, 1.0, 0.0))
+    return g * inside, g * below, g * above
+
+
+def _d_gelu(d: Any, g: Any, y: Any, x: Any) -> tuple[Any, ...]:
+    # Phi(x) + x phi(x), as torch's gelu_backward
+    cdf = 0.5 + 0.5 * d.erf(x * 0.7071067811865476)
+    pdf = d.exp(x * x * -0.5) * 0.3989422804014327
+    return (g * (cdf + x * pdf),)
+
+
+def _d_gelu_tanh(d: Any, g: Any, y: Any, x: Any) -> tuple[Any, ...]:
+    # y = x s, s = sigmoid(2u), u = sqrt(2 / pi) (x + 0.044715 x^3)
+    s = d.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
+    du = 1.5957691216057308 * (1.0 + 0.134145 * x * x)
+    return (g * (s + x * s * (1.0 - s) * du),)
+
+
+def _d_mish(d: Any, g: Any, y: Any, x: Any) -> tuple[Any, ...]:
+    t = d.tanh(d.softplus(x, 1.0, 20.0))
+    return (g * (t + x * (1.0 - t * t) * d.sigmoid(x)),)
+
+
+def _d_hardswish(d: Any, g: Any, y: Any, x: Any) -> tuple[Any, ...]:
+    # torch: 0 below -3, x / 3 + 1/2 up to 3 (inclusive), 1 above
+    return (d.where(x < -3.0, 0.0, d.where(x > 3.0, g, g * (x * (1.0 / 3.0) + 0.5))),)
+
+
 _OPS: list[OpDef] = [
     # -- applying the spec's own tensors
     _op(
@@ -177,6 +232,7 @@ _OPS: list[OpDef] = [
         "{x} + {bias}",
         Group.OPERAND,
         implicit=("bias",),
+        grad=lambda d, g, y, x, b: (g, g),
     ),
     _op(
         "residual",
@@ -185,14 +241,47 @@ _OPS: list[OpDef] = [
         "{x} + {r}",
         Group.OPERAND,
         Param("r", ArgType.TILE),
+        grad=lambda d, g, y, x, r: (g, g),
     ),
     # -- arithmetic
-    _op("add", "x + v", lambda x, v: x + v, "{x} + {v}", Group.ARITHMETIC, Param("v")),
-    _op("sub", "x - v", lambda x, v: x - v, "{x} - {v}", Group.ARITHMETIC, Param("v")),
-    _op("mul", "x * v", lambda x, v: x * v, "{x} * {v}", Group.ARITHMETIC, Param("v")),
-    _op("div", "x / v", lambda x, v: x / v, "{x} / {v}", Group.ARITHMETIC, Param("v")),
+    _op(
+        "add",
+        "x + v",
+        lambda x, v: x + v,
+        "{x} + {v}",
+        Group.ARITHMETIC,
+        Param("v"),
+        grad=lambda d, g, y, x, v: (g, g),
+    ),
+    _op(
+        "sub",
+        "x - v",
+        lambda x, v: x - v,
+        "{x} - {v}",
+        Group.ARITHMETIC,
+        Param("v"),
+        grad=lambda d, g, y, x, v: (g, -g),
+    ),
+    _op(
+        "mul",
+        "x * v",
+        lambda x, v: x * v,
+        "{x} * {v}",
+        Group.ARITHMETIC,
+        Param("v"),
+        grad=lambda d, g, y, x, v: (g * v, g * x),
+    ),
+    _op(
+        "div",
+        "x / v",
+        lambda x, v: x / v,
+        "{x} / {v}",
+        Group.ARITHMETIC,
+        Param("v"),
+        grad=lambda d, g, y, x, v: (g / v, -g * x / (v * v)),
+    ),
     # not `-x`: Triton lowers that as 0 - x, which turns +0 into +0 rather than -0
-    _op("neg", "-x", torch.neg, "{x} * -1.0", Group.ARITHMETIC),
+    _op("neg", "-x", torch.neg, "{x} * -1.0", Group.ARITHMETIC, grad=lambda d, g, y, x: (-g,)),
     _op(
         "min",
         "torch.minimum(x, v); NaN in either gives NaN",
@@ -201,6 +290,7 @@ _OPS: list[OpDef] = [
         Group.ARITHMETIC,
         Param("v"),
         helpers=("_minimum",),
+        grad=_d_minimum,
     ),
     _op(
         "max",
@@ -210,6 +300,7 @@ _OPS: list[OpDef] = [
         Group.ARITHMETIC,
         Param("v"),
         helpers=("_maximum",),
+        grad=_d_maximum,
     ),
     _op(
         "clamp",
@@ -220,6 +311,7 @@ _OPS: list[OpDef] = [
         Param("lo"),
         Param("hi"),
         helpers=("_clamp",),
+        grad=_d_clamp,
     ),
     _op(
         "sigmoid_residual",
@@ -229,17 +321,63 @@ _OPS: list[OpDef] = [
         Group.ARITHMETIC,
         Param("s"),
         helpers=("_sigmoid",),
+        grad=lambda d, g, y, x, s: (
+            g * (1.0 + s * d.sigmoid(x) * (1.0 - d.sigmoid(x))),
+            g * d.sigmoid(x),
+        ),
     ),
     # -- math
-    _op("exp", "e^x", torch.exp, "tl.exp({x})", Group.MATH),
-    _op("log", "natural logarithm (NaN below 0, -inf at 0)", torch.log, "tl.log({x})", Group.MATH),
-    _op("abs", "|x|", torch.abs, "tl.abs({x})", Group.MATH),
-    _op("square", "x * x", torch.square, "{x} * {x}", Group.MATH),
+    _op("exp", "e^x", torch.exp, "tl.exp({x})", Group.MATH, grad=lambda d, g, y, x: (g * y,)),
+    _op(
+        "log",
+        "natural logarithm (NaN below 0, -inf at 0)",
+        torch.log,
+        "tl.log({x})",
+        Group.MATH,
+        grad=lambda d, g, y, x: (g / x,),
+    ),
+    _op(
+        "abs",
+        "|x|",
+        torch.abs,
+        "tl.abs({x})",
+        Group.MATH,
+        grad=lambda d, g, y, x: (d.where(x > 0.0, g, d.where(x < 0.0, -g, 0.0)),),
+    ),
+    _op(
+        "square",
+        "x * x",
+        torch.square,
+        "{x} * {x}",
+        Group.MATH,
+        grad=lambda d, g, y, x: (2.0 * g * x,),
+    ),
     # IEEE square root: the GPU's fast tl.sqrt / tl.rsqrt flush subnormal inputs to zero
     # (sqrt(-1e-38) would be -0, not torch's NaN)
-    _op("sqrt", "square root (NaN below 0)", torch.sqrt, "tl.sqrt_rn({x})", Group.MATH),
-    _op("rsqrt", "1 / sqrt(x)", torch.rsqrt, "1.0 / tl.sqrt_rn({x})", Group.MATH),
-    _op("erf", "the error function", torch.erf, "tl.erf({x})", Group.MATH),
+    _op(
+        "sqrt",
+        "square root (NaN below 0)",
+        torch.sqrt,
+        "tl.sqrt_rn({x})",
+        Group.MATH,
+        grad=lambda d, g, y, x: (g / (2.0 * y),),
+    ),
+    _op(
+        "rsqrt",
+        "1 / sqrt(x)",
+        torch.rsqrt,
+        "1.0 / tl.sqrt_rn({x})",
+        Group.MATH,
+        grad=lambda d, g, y, x: (-0.5 * g * y * y * y,),
+    ),
+    _op(
+        "erf",
+        "the error function",
+        torch.erf,
+        "tl.erf({x})",
+        Group.MATH,
+        grad=lambda d, g, y, x: (g * 1.1283791670955126 * d.exp(-(x * x)),),
+    ),
     # -- activations
     _op(
         "relu",
@@ -247,6 +385,7 @@ _OPS: list[OpDef] = [
         torch.relu,
         "tl.where({x} < 0.0, 0.0, {x})",
         Group.ACTIVATION,
+        grad=lambda d, g, y, x: (d.where(x > 0.0, g, 0.0),),
     ),
     _op(
         "leaky_relu",
@@ -255,6 +394,7 @@ _OPS: list[OpDef] = [
         "tl.where({x} > 0.0, {x}, {x} * {slope})",
         Group.ACTIVATION,
         Param("slope", S, 0.01),
+        grad=lambda d, g, y, x, slope: (d.where(x > 0.0, g, g * slope), None),
     ),
     _op(
         "hardtanh",
@@ -265,6 +405,7 @@ _OPS: list[OpDef] = [
         Param("min", S, -1.0),
         Param("max", S, 1.0),
         helpers=("_clamp",),
+        grad=lambda d, g, y, x, lo, hi: (d.where(x > lo, d.where(x < hi, g, 0.0), 0.0), None, None),
     ),
     _op(
         "sigmoid",
@@ -273,9 +414,16 @@ _OPS: list[OpDef] = [
         "_sigmoid({x})",
         Group.ACTIVATION,
         helpers=("_sigmoid",),
+        grad=lambda d, g, y, x: (g * y * (1.0 - y),),
     ),
     _op(
-        "tanh", "hyperbolic tangent", torch.tanh, "_tanh({x})", Group.ACTIVATION, helpers=("_tanh",)
+        "tanh",
+        "hyperbolic tangent",
+        torch.tanh,
+        "_tanh({x})",
+        Group.ACTIVATION,
+        helpers=("_tanh",),
+        grad=lambda d, g, y, x: (g * (1.0 - y * y),),
     ),
     _op(
         "gelu",
@@ -288,6 +436,7 @@ _OPS: list[OpDef] = [
         helpers=("_gelu",),
         absolute="_gelu_erf({x})",
         absolute_helpers=("_gelu_erf",),
+        grad=_d_gelu,
     ),
     _op(
         "gelu_tanh",
@@ -297,6 +446,7 @@ _OPS: list[OpDef] = [
         "_gelu_tanh({x})",
         Group.ACTIVATION,
         helpers=("_gelu_tanh",),
+        grad=_d_gelu_tanh,
     ),
     _op(
         "silu",
@@ -305,6 +455,7 @@ _OPS: list[OpDef] = [
         "{x} * _sigmoid({x})",
         Group.ACTIVATION,
         helpers=("_sigmoid",),
+        grad=lambda d, g, y, x: (g * d.sigmoid(x) * (1.0 + x * (1.0 - d.sigmoid(x))),),
     ),
     _op(
         "mish",
@@ -313,6 +464,7 @@ _OPS: list[OpDef] = [
         "{x} * _tanh(_softplus({x}, 1.0, 20.0))",
         Group.ACTIVATION,
         helpers=("_tanh", "_softplus"),
+        grad=_d_mish,
     ),
     _op(
         "softplus",
@@ -326,6 +478,11 @@ _OPS: list[OpDef] = [
         Param("beta", S, 1.0),
         Param("threshold", S, 20.0),
         helpers=("_softplus",),
+        grad=lambda d, g, y, x, beta, t: (
+            d.where(x * beta > t, g, g * d.sigmoid(x * beta)),
+            None,
+            None,
+        ),
     ),
     _op(
         "elu",
@@ -335,6 +492,7 @@ _OPS: list[OpDef] = [
         Group.ACTIVATION,
         Param("alpha", S, 1.0),
         helpers=("_elu",),
+        grad=lambda d, g, y, x, a: (d.where(x > 0.0, g, g * (y + a)), None),
     ),
     _op(
         "selu",
@@ -343,6 +501,9 @@ _OPS: list[OpDef] = [
         "1.0507009873554805 * _elu({x}, 1.6732632423543772)",
         Group.ACTIVATION,
         helpers=("_elu",),
+        grad=lambda d, g, y, x: (
+            d.where(x > 0.0, 1.0507009873554805 * g, g * (y + 1.7580993408473766)),
+        ),
     ),
     _op(
         "celu",
@@ -352,6 +513,7 @@ _OPS: list[OpDef] = [
         Group.ACTIVATION,
         Param("alpha", S, 1.0),
         helpers=("_celu",),
+        grad=lambda d, g, y, x, a: (d.where(x > 0.0, g, g * d.exp(x / a)), None),
     ),
     _op(
         "hardsigmoid",
@@ -360,6 +522,7 @@ _OPS: list[OpDef] = [
         "_hardsigmoid({x})",
         Group.ACTIVATION,
         helpers=("_hardsigmoid",),
+        grad=lambda d, g, y, x: (d.where(x > -3.0, d.where(x < 3.0, g * (1.0 / 6.0), 0.0), 0.0),),
     ),
     _op(
         "hardswish",
@@ -368,6 +531,7 @@ _OPS: list[OpDef] = [
         "{x} * _hardsigmoid({x})",
         Group.ACTIVATION,
         helpers=("_hardsigmoid",),
+        grad=_d_hardswish,
     ),
     _op(
         "logsigmoid",
@@ -376,6 +540,7 @@ _OPS: list[OpDef] = [
         "_logsigmoid({x})",
         Group.ACTIVATION,
         helpers=("_logsigmoid",),
+        grad=lambda d, g, y, x: (g * d.sigmoid(-x),),
     ),
     # -- selection (expressions only)
     _op(
@@ -389,6 +554,7 @@ _OPS: list[OpDef] = [
         x_type=ArgType.BOOL,
         x_name="c",
         step=False,
+        grad=lambda d, g, y, c, a, b: (None, d.where(c, g, 0.0), d.where(c, 0.0, g)),
     ),
     # -- comparisons (internal: written as operators, only inside where)
     *(
@@ -483,6 +649,11 @@ class RowOpDef:
     size: str = ""  # takes a positive integer literal: "groups" or "k"
     affine: bool = False  # owns a weight and bias per column (groupnorm)
     helpers: tuple[str, ...] = ()
+    # The derivative rule, as OpDef.grad: (d, g, y, x, *rest) -> contributions for
+    # (x, *rest), rest being eps (a scalar: no gradient) or groupnorm's eps, weight and
+    # bias. Written for x a row of columns ([M, N]); kgen.derive itself handles a row
+    # op on one value per row (elementwise there). None: not differentiable yet.
+    grad: Callable[..., tuple[Any, ...]] | None = None
 
     @property
     def reduces(self) -> bool:
@@ -545,6 +716,19 @@ def _pool(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     return pool
 
 
+def _d_row_extreme(d: Any, g: Any, y: Any, x: Any) -> tuple[Any, ...]:
+    # torch's amax / amin: g shared evenly among the row's values equal to the extreme
+    hit = d.where(x < y, 0.0, d.where(x > y, 0.0, 1.0))
+    return (g * hit / d.row_sum(hit),)
+
+
+def _d_layernorm(d: Any, g: Any, y: Any, x: Any, eps: Any) -> tuple[Any, ...]:
+    # y = (x - mean) rstd: dx = rstd (g - mean(g) - y mean(g y)), rstd recomputed
+    centred = x - d.row_mean(x)
+    rstd = d.rsqrt(d.row_mean(centred * centred) + eps)
+    return rstd * (g - d.row_mean(g) - y * d.row_mean(g * y)), None
+
+
 _ROW_OPS = [
     RowOpDef(
         "softmax",
@@ -556,6 +740,7 @@ _ROW_OPS = [
         shift="tl.where({max} == float('-inf'), 0.0, {max})",
         partial="tl.exp({x} - {m_t})",
         finish="{u} * (tl.exp({m_t} - {m}) / {s})",
+        grad=lambda d, g, y, x: (y * (g - d.row_sum(g * y)),),
     ),
     RowOpDef(
         "log_softmax",
@@ -567,6 +752,7 @@ _ROW_OPS = [
         shift="tl.where({max} == float('-inf'), 0.0, {max})",
         partial="{x} - {m_t}",
         finish="{u} + (({m_t} - {m}) - tl.log({s}))",
+        grad=lambda d, g, y, x: (g - d.exp(y) * d.row_sum(g),),
     ),
     RowOpDef(
         "logsumexp",
@@ -577,6 +763,7 @@ _ROW_OPS = [
         "{m} + tl.log({s})",
         shift="tl.where(tl.abs({max}) == float('inf'), 0.0, {max})",
         keepdim=True,
+        grad=lambda d, g, y, x: (g * d.exp(x - y),),
     ),
     RowOpDef(
         "row_sum",
@@ -586,6 +773,7 @@ _ROW_OPS = [
         "sum",
         "{sum}",
         keepdim=True,
+        grad=lambda d, g, y, x: (g,),
     ),
     RowOpDef(
         "row_mean",
@@ -595,6 +783,7 @@ _ROW_OPS = [
         "sum",
         "{sum} / {count}",
         keepdim=True,
+        grad=lambda d, g, y, x: (g / d.count(),),
     ),
     RowOpDef(
         "row_max",
@@ -604,6 +793,7 @@ _ROW_OPS = [
         "max",
         "{max}",
         keepdim=True,
+        grad=_d_row_extreme,
     ),
     RowOpDef(
         "row_min",
@@ -613,6 +803,7 @@ _ROW_OPS = [
         "min",
         "{min}",
         keepdim=True,
+        grad=_d_row_extreme,
     ),
     RowOpDef(
         "layernorm",
@@ -624,6 +815,7 @@ _ROW_OPS = [
         partial="{x} - {mean_t}",
         finish="({u} + ({mean_t} - {mean})) * {rstd}",
         eps=True,
+        grad=_d_layernorm,
     ),
     RowOpDef(
         "groupnorm",
