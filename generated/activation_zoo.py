@@ -158,6 +158,7 @@ def activation_zoo_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     split_partials_ptr,
     split_counts_ptr,
     x_desc,
@@ -181,6 +182,7 @@ def activation_zoo_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
@@ -296,6 +298,12 @@ def activation_zoo_kernel(
                 offs_n = offs_n.to(tl.int64)
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
+            if SAVE:
+                tl.store(
+                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                    acc.to(save_ptr.dtype.element_ty),
+                    mask=mask_mn,
+                )
             # src[activation_zoo.fuse:3]: epilogue: bias; z = acc; acc = 0.1 * mish(z) + 0.1 * softplus(z, beta=2, threshold=5) + 0.1 * elu(z, 0.5) + 0.1 * selu(z) + 0.1 * celu(z, alpha=2) + 0.1 * hardswish(z) + 0.1 * hardsigmoid(z) + 0.1 * logsigmoid(z) + 0.1 * leaky_relu(z, slope=0.2) + 0.1 * swish(z)
             bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
                 tl.float32
@@ -334,11 +342,127 @@ def activation_zoo_kernel(
             tl.store(out_ptrs, add_36.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
+@triton.jit
+def activation_zoo_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    _grad_bias_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_bias_n,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of activation_zoo's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[activation_zoo.fuse:3]: epilogue: bias; z = acc; acc = 0.1 * mish(z) + 0.1 * softplus(z, beta=2, threshold=5) + 0.1 * elu(z, 0.5) + 0.1 * selu(z) + 0.1 * celu(z, alpha=2) + 0.1 * hardswish(z) + 0.1 * hardsigmoid(z) + 0.1 * logsigmoid(z) + 0.1 * leaky_relu(z, slope=0.2) + 0.1 * swish(z)
+    bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    bias_2 = acc + bias_1
+    elu_7 = _elu(bias_2, 0.5)
+    selu_8 = 1.0507009873554805 * _elu(bias_2, 1.6732632423543772)
+    # src[activation_zoo.fuse:1]: # Every parametrised activation of torch.nn.functional that kgen has, averaged.
+    dout_10 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # src[activation_zoo.fuse:3]: epilogue: bias; z = acc; acc = 0.1 * mish(z) + 0.1 * softplus(z, beta=2, threshold=5) + 0.1 * elu(z, 0.5) + 0.1 * selu(z) + 0.1 * celu(z, alpha=2) + 0.1 * hardswish(z) + 0.1 * hardsigmoid(z) + 0.1 * logsigmoid(z) + 0.1 * leaky_relu(z, slope=0.2) + 0.1 * swish(z)
+    d_mul_11 = dout_10 * 0.1
+    d_silu_12 = _sigmoid(bias_2)
+    d_silu_13 = d_mul_11 * d_silu_12
+    d_silu_15 = 1.0 - d_silu_12
+    d_silu_16 = bias_2 * d_silu_15
+    d_silu_17 = 1.0 + d_silu_16
+    d_silu_18 = d_silu_13 * d_silu_17
+    d_leaky_relu_20 = bias_2 > 0.0
+    d_leaky_relu_21 = d_mul_11 * 0.2
+    d_leaky_relu_22 = tl.where(d_leaky_relu_20, d_mul_11, d_leaky_relu_21)
+    d_bias_23 = d_silu_18 + d_leaky_relu_22
+    d_logsigmoid_24 = bias_2 * -1.0
+    d_logsigmoid_25 = _sigmoid(d_logsigmoid_24)
+    d_logsigmoid_26 = d_mul_11 * d_logsigmoid_25
+    d_bias_27 = d_bias_23 + d_logsigmoid_26
+    d_hardsigmoid_29 = bias_2 > -3.0
+    d_hardsigmoid_31 = bias_2 < 3.0
+    d_hardsigmoid_33 = d_mul_11 * 0.1666666716337204
+    d_hardsigmoid_34 = tl.where(d_hardsigmoid_31, d_hardsigmoid_33, 0.0)
+    d_hardsigmoid_35 = tl.where(d_hardsigmoid_29, d_hardsigmoid_34, 0.0)
+    d_bias_36 = d_bias_27 + d_hardsigmoid_35
+    d_hardswish_37 = bias_2 < -3.0
+    d_hardswish_38 = bias_2 > 3.0
+    d_hardswish_40 = bias_2 * 0.3333333432674408
+    d_hardswish_41 = d_hardswish_40 + 0.5
+    d_hardswish_42 = d_mul_11 * d_hardswish_41
+    d_hardswish_43 = tl.where(d_hardswish_38, d_mul_11, d_hardswish_42)
+    d_hardswish_44 = tl.where(d_hardswish_37, 0.0, d_hardswish_43)
+    d_bias_45 = d_bias_36 + d_hardswish_44
+    d_celu_46 = bias_2 / 2.0
+    d_celu_47 = tl.exp(d_celu_46)
+    d_celu_48 = d_mul_11 * d_celu_47
+    d_celu_49 = tl.where(d_leaky_relu_20, d_mul_11, d_celu_48)
+    d_bias_50 = d_bias_45 + d_celu_49
+    d_selu_52 = 1.0507010221481323 * d_mul_11
+    d_selu_54 = selu_8 + 1.7580993175506592
+    d_selu_55 = d_mul_11 * d_selu_54
+    d_selu_56 = tl.where(d_leaky_relu_20, d_selu_52, d_selu_55)
+    d_bias_57 = d_bias_50 + d_selu_56
+    d_elu_58 = elu_7 + 0.5
+    d_elu_59 = d_mul_11 * d_elu_58
+    d_elu_60 = tl.where(d_leaky_relu_20, d_mul_11, d_elu_59)
+    d_bias_61 = d_bias_57 + d_elu_60
+    d_softplus_62 = bias_2 * 2.0
+    d_softplus_63 = d_softplus_62 > 5.0
+    d_softplus_64 = _sigmoid(d_softplus_62)
+    d_softplus_65 = d_mul_11 * d_softplus_64
+    d_softplus_66 = tl.where(d_softplus_63, d_mul_11, d_softplus_65)
+    d_bias_67 = d_bias_61 + d_softplus_66
+    d_mish_69 = _softplus(bias_2, 1.0, 20.0)
+    d_mish_70 = _tanh(d_mish_69)
+    d_mish_71 = d_mish_70 * d_mish_70
+    d_mish_72 = 1.0 - d_mish_71
+    d_mish_73 = bias_2 * d_mish_72
+    d_mish_74 = d_mish_73 * d_silu_12
+    d_mish_75 = d_mish_70 + d_mish_74
+    d_mish_76 = d_mul_11 * d_mish_75
+    d_bias_77 = d_bias_67 + d_mish_76
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_bias_77.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_bias_77, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+
+
 _OP = _runtime.GemmOp(
     "activation_zoo",
     activation_zoo_kernel,
     linear=True,
     bias=True,
+    backward=_runtime.Backward(
+        kernel=activation_zoo_backward,
+        grads=("bias",),
+        saves=True,
+        rows=False,
+    ),
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "activation_zoo.tuning.json"
     ),

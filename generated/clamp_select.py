@@ -64,6 +64,7 @@ def clamp_select_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     ceiling_ptr,
     floor_ptr,
     split_partials_ptr,
@@ -94,6 +95,7 @@ def clamp_select_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
@@ -212,6 +214,12 @@ def clamp_select_kernel(
                 offs_n = offs_n.to(tl.int64)
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
+            if SAVE:
+                tl.store(
+                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                    acc.to(save_ptr.dtype.element_ty),
+                    mask=mask_mn,
+                )
             # src[clamp_select.fuse:7]: epilogue: bias; clamp(lo, hi); acc = where(acc > 0, acc, 0.5 * acc); max(floor); min(ceiling); sub(0.25); relu; hardtanh
             bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
                 tl.float32
@@ -240,6 +248,118 @@ def clamp_select_kernel(
             tl.store(out_ptrs, hardtanh_20.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
+@triton.jit
+def clamp_select_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    ceiling_ptr,
+    floor_ptr,
+    _grad_bias_ptr,
+    _grad_ceiling_ptr,
+    _grad_floor_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_bias_n,
+    stride_ceiling_n,
+    stride_floor_m,
+    stride_floor_n,
+    lo,
+    hi,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of clamp_select's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+        stride_ceiling_n = stride_ceiling_n + tl.zeros([], dtype=tl.int64)
+        stride_floor_m = stride_floor_m + tl.zeros([], dtype=tl.int64)
+        stride_floor_n = stride_floor_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[clamp_select.fuse:7]: epilogue: bias; clamp(lo, hi); acc = where(acc > 0, acc, 0.5 * acc); max(floor); min(ceiling); sub(0.25); relu; hardtanh
+    bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    bias_2 = acc + bias_1
+    lo_3 = tl.full([], lo, tl.float32)
+    hi_4 = tl.full([], hi, tl.float32)
+    clamp_5 = _clamp(bias_2, lo_3, hi_4)
+    gt_7 = clamp_5 > 0.0
+    mul_9 = 0.5 * clamp_5
+    where_10 = tl.where(gt_7, clamp_5, mul_9)
+    floor_11 = tl.load(
+        floor_ptr + (offs_m[:, None] * stride_floor_m + offs_n[None, :] * stride_floor_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    max_12 = _maximum(where_10, floor_11)
+    ceiling_13 = tl.load(ceiling_ptr + offs_n * stride_ceiling_n, mask=mask_n, other=0.0).to(
+        tl.float32
+    )[None, :]
+    min_14 = _minimum(max_12, ceiling_13)
+    sub_16 = min_14 - 0.25
+    relu_17 = tl.where(sub_16 < 0.0, 0.0, sub_16)
+    # src[clamp_select.fuse:1]: # Clamping, selection and comparisons, with per-element and per-column bounds.
+    dout_20 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # src[clamp_select.fuse:7]: epilogue: bias; clamp(lo, hi); acc = where(acc > 0, acc, 0.5 * acc); max(floor); min(ceiling); sub(0.25); relu; hardtanh
+    d_hardtanh_21 = relu_17 > -1.0
+    d_hardtanh_22 = relu_17 < 1.0
+    d_hardtanh_23 = tl.where(d_hardtanh_22, dout_20, 0.0)
+    d_hardtanh_24 = tl.where(d_hardtanh_21, d_hardtanh_23, 0.0)
+    d_relu_25 = sub_16 > 0.0
+    d_relu_26 = tl.where(d_relu_25, d_hardtanh_24, 0.0)
+    d_min_27 = max_12 < ceiling_13
+    d_min_28 = max_12 > ceiling_13
+    d_min_29 = tl.where(d_min_28, 0.0, 0.5)
+    d_min_30 = tl.where(d_min_27, 1.0, d_min_29)
+    d_min_31 = d_relu_26 * d_min_30
+    d_min_32 = 1.0 - d_min_30
+    d_min_33 = d_relu_26 * d_min_32
+    d_max_34 = where_10 > floor_11
+    d_max_35 = where_10 < floor_11
+    d_max_36 = tl.where(d_max_35, 0.0, 0.5)
+    d_max_37 = tl.where(d_max_34, 1.0, d_max_36)
+    d_max_38 = d_min_31 * d_max_37
+    d_max_39 = 1.0 - d_max_37
+    d_max_40 = d_min_31 * d_max_39
+    d_where_41 = tl.where(gt_7, d_max_38, 0.0)
+    d_where_42 = tl.where(gt_7, 0.0, d_max_38)
+    d_mul_43 = d_where_42 * 0.5
+    d_clamp_44 = d_where_41 + d_mul_43
+    d_clamp_45 = bias_2 < lo_3
+    d_clamp_46 = bias_2 > hi_4
+    d_clamp_47 = tl.where(d_clamp_46, 0.0, 1.0)
+    d_clamp_48 = tl.where(d_clamp_45, 0.0, d_clamp_47)
+    d_clamp_49 = d_clamp_44 * d_clamp_48
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_clamp_49.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_clamp_49, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+    grad_ceiling_0 = tl.where(mask_mn, d_min_33, 0.0)
+    tl.store(_grad_ceiling_ptr + pid_m * N + offs_n, tl.sum(grad_ceiling_0, axis=0), mask=mask_n)
+    tl.store(_grad_floor_ptr + offs_mn, d_max_40, mask=mask_mn)
+
+
 _OP = _runtime.GemmOp(
     "clamp_select",
     clamp_select_kernel,
@@ -252,6 +372,12 @@ _OP = _runtime.GemmOp(
     floats=(
         ("lo", -1.5),
         ("hi", 1.5),
+    ),
+    backward=_runtime.Backward(
+        kernel=clamp_select_backward,
+        grads=("bias", "ceiling", "floor"),
+        saves=True,
+        rows=False,
     ),
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "clamp_select.tuning.json"

@@ -57,6 +57,7 @@ def gated_residual_kernel(
     x_ptr,
     weight_ptr,
     out_ptr,
+    save_ptr,
     gamma_ptr,
     alpha_ptr,
     gate_ptr,
@@ -87,6 +88,7 @@ def gated_residual_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
@@ -205,6 +207,12 @@ def gated_residual_kernel(
                 offs_n = offs_n.to(tl.int64)
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
+            if SAVE:
+                tl.store(
+                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                    acc.to(save_ptr.dtype.element_ty),
+                    mask=mask_mn,
+                )
             # src[gated_residual.fuse:8]: epilogue: mul(gamma); acc = alpha * silu(acc) + (1 - alpha) * gelu_tanh(acc); mul(gate); residual(residual_in)
             gamma_1 = tl.load(gamma_ptr + offs_n * stride_gamma_n, mask=mask_n, other=0.0).to(
                 tl.float32
@@ -232,6 +240,119 @@ def gated_residual_kernel(
             tl.store(out_ptrs, residual_14.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
+@triton.jit
+def gated_residual_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    gamma_ptr,
+    alpha_ptr,
+    gate_ptr,
+    residual_in_ptr,
+    _grad_gamma_ptr,
+    _grad_alpha_ptr,
+    _grad_gate_ptr,
+    _grad_residual_in_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_gamma_n,
+    stride_gate_m,
+    stride_residual_in_m,
+    stride_residual_in_n,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of gated_residual's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_gamma_n = stride_gamma_n + tl.zeros([], dtype=tl.int64)
+        stride_gate_m = stride_gate_m + tl.zeros([], dtype=tl.int64)
+        stride_residual_in_m = stride_residual_in_m + tl.zeros([], dtype=tl.int64)
+        stride_residual_in_n = stride_residual_in_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[gated_residual.fuse:8]: epilogue: mul(gamma); acc = alpha * silu(acc) + (1 - alpha) * gelu_tanh(acc); mul(gate); residual(residual_in)
+    gamma_1 = tl.load(gamma_ptr + offs_n * stride_gamma_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    mul_2 = acc * gamma_1
+    alpha_3 = tl.load(alpha_ptr).to(tl.float32)
+    silu_4 = mul_2 * _sigmoid(mul_2)
+    mul_5 = alpha_3 * silu_4
+    sub_7 = 1.0 - alpha_3
+    gelu_tanh_8 = _gelu_tanh(mul_2)
+    mul_9 = sub_7 * gelu_tanh_8
+    add_10 = mul_5 + mul_9
+    gate_11 = tl.load(gate_ptr + offs_m * stride_gate_m, mask=mask_m, other=0.0).to(tl.float32)[
+        :, None
+    ]
+    # src[gated_residual.fuse:1]: # A gated feed-forward output: mixes two GELU-like activations, gates each row,
+    dout_12 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # src[gated_residual.fuse:8]: epilogue: mul(gamma); acc = alpha * silu(acc) + (1 - alpha) * gelu_tanh(acc); mul(gate); residual(residual_in)
+    d_mul_13 = dout_12 * gate_11
+    d_mul_14 = dout_12 * add_10
+    d_mul_15 = d_mul_13 * gelu_tanh_8
+    d_mul_16 = d_mul_13 * sub_7
+    d_gelu_tanh_18 = 0.044714998453855515 * mul_2
+    d_gelu_tanh_19 = d_gelu_tanh_18 * mul_2
+    d_gelu_tanh_20 = d_gelu_tanh_19 * mul_2
+    d_gelu_tanh_21 = mul_2 + d_gelu_tanh_20
+    d_gelu_tanh_23 = 1.5957691669464111 * d_gelu_tanh_21
+    d_gelu_tanh_24 = _sigmoid(d_gelu_tanh_23)
+    d_gelu_tanh_26 = 0.13414500653743744 * mul_2
+    d_gelu_tanh_27 = d_gelu_tanh_26 * mul_2
+    d_gelu_tanh_28 = 1.0 + d_gelu_tanh_27
+    d_gelu_tanh_29 = 1.5957691669464111 * d_gelu_tanh_28
+    d_gelu_tanh_30 = mul_2 * d_gelu_tanh_24
+    d_gelu_tanh_31 = 1.0 - d_gelu_tanh_24
+    d_gelu_tanh_32 = d_gelu_tanh_30 * d_gelu_tanh_31
+    d_gelu_tanh_33 = d_gelu_tanh_32 * d_gelu_tanh_29
+    d_gelu_tanh_34 = d_gelu_tanh_24 + d_gelu_tanh_33
+    d_gelu_tanh_35 = d_mul_16 * d_gelu_tanh_34
+    d_sub_36 = d_mul_15 * -1.0
+    d_mul_37 = d_mul_13 * silu_4
+    d_mul_38 = d_mul_13 * alpha_3
+    d_alpha_39 = d_sub_36 + d_mul_37
+    d_silu_40 = _sigmoid(mul_2)
+    d_silu_41 = d_mul_38 * d_silu_40
+    d_silu_42 = 1.0 - d_silu_40
+    d_silu_43 = mul_2 * d_silu_42
+    d_silu_44 = 1.0 + d_silu_43
+    d_silu_45 = d_silu_41 * d_silu_44
+    d_mul_46 = d_gelu_tanh_35 + d_silu_45
+    d_mul_47 = d_mul_46 * gamma_1
+    d_mul_48 = d_mul_46 * acc
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_mul_47.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_gamma_0 = tl.where(mask_mn, d_mul_48, 0.0)
+    tl.store(_grad_gamma_ptr + pid_m * N + offs_n, tl.sum(grad_gamma_0, axis=0), mask=mask_n)
+    grad_alpha_0 = tl.where(mask_mn, d_alpha_39, 0.0)
+    tl.store(
+        _grad_alpha_ptr + pid_m * tl.num_programs(1) + pid_n,
+        tl.sum(tl.sum(grad_alpha_0, axis=1), axis=0),
+    )
+    grad_gate_0 = tl.where(mask_mn, d_mul_14, 0.0)
+    tl.store(_grad_gate_ptr + pid_n * M + offs_m, tl.sum(grad_gate_0, axis=1), mask=mask_m)
+    tl.store(_grad_residual_in_ptr + offs_mn, dout_12, mask=mask_mn)
+
+
 _OP = _runtime.GemmOp(
     "gated_residual",
     gated_residual_kernel,
@@ -242,6 +363,12 @@ _OP = _runtime.GemmOp(
         ("alpha", "scalar", 1),
         ("gate", "row", 1),
         ("residual_in", "tile", 1),
+    ),
+    backward=_runtime.Backward(
+        kernel=gated_residual_backward,
+        grads=("gamma", "alpha", "gate", "residual_in"),
+        saves=True,
+        rows=False,
     ),
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "gated_residual.tuning.json"

@@ -83,6 +83,7 @@ def gemm_scale_hardtanh_gelu_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     split_partials_ptr,
     split_counts_ptr,
     x_desc,
@@ -109,6 +110,7 @@ def gemm_scale_hardtanh_gelu_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
@@ -224,6 +226,12 @@ def gemm_scale_hardtanh_gelu_kernel(
                 offs_n = offs_n.to(tl.int64)
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
+            if SAVE:
+                tl.store(
+                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                    acc.to(save_ptr.dtype.element_ty),
+                    mask=mask_mn,
+                )
             # src[gemm_scale_hardtanh_gelu.fuse:7]: epilogue: bias; scale(scaling_factor); hardtanh(hardtanh_min, hardtanh_max); gelu
             bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
                 tl.float32
@@ -239,6 +247,80 @@ def gemm_scale_hardtanh_gelu_kernel(
             tl.store(out_ptrs, gelu_8.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
+@triton.jit
+def gemm_scale_hardtanh_gelu_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    _grad_bias_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_bias_n,
+    scaling_factor,
+    hardtanh_min,
+    hardtanh_max,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of gemm_scale_hardtanh_gelu's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[gemm_scale_hardtanh_gelu.fuse:7]: epilogue: bias; scale(scaling_factor); hardtanh(hardtanh_min, hardtanh_max); gelu
+    bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    bias_2 = acc + bias_1
+    scaling_factor_3 = tl.full([], scaling_factor, tl.float32)
+    mul_4 = bias_2 * scaling_factor_3
+    hardtanh_min_5 = tl.full([], hardtanh_min, tl.float32)
+    hardtanh_max_6 = tl.full([], hardtanh_max, tl.float32)
+    hardtanh_7 = _clamp(mul_4, hardtanh_min_5, hardtanh_max_6)
+    # src[gemm_scale_hardtanh_gelu.fuse:1]: # Seed 003 (KernelBench 53): y = gelu(hardtanh(scaling_factor * (x @ W^T + b)))
+    dout_8 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # src[gemm_scale_hardtanh_gelu.fuse:7]: epilogue: bias; scale(scaling_factor); hardtanh(hardtanh_min, hardtanh_max); gelu
+    d_gelu_10 = hardtanh_7 * 0.7071067690849304
+    d_gelu_11 = tl.erf(d_gelu_10)
+    d_gelu_13 = 0.5 * d_gelu_11
+    d_gelu_14 = 0.5 + d_gelu_13
+    d_gelu_15 = hardtanh_7 * hardtanh_7
+    d_gelu_17 = d_gelu_15 * -0.5
+    d_gelu_18 = tl.exp(d_gelu_17)
+    d_gelu_20 = d_gelu_18 * 0.3989422917366028
+    d_gelu_21 = hardtanh_7 * d_gelu_20
+    d_gelu_22 = d_gelu_14 + d_gelu_21
+    d_gelu_23 = dout_8 * d_gelu_22
+    d_hardtanh_24 = mul_4 > hardtanh_min_5
+    d_hardtanh_25 = mul_4 < hardtanh_max_6
+    d_hardtanh_27 = tl.where(d_hardtanh_25, d_gelu_23, 0.0)
+    d_hardtanh_28 = tl.where(d_hardtanh_24, d_hardtanh_27, 0.0)
+    d_mul_29 = d_hardtanh_28 * scaling_factor_3
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_mul_29.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_mul_29, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+
+
 _OP = _runtime.GemmOp(
     "gemm_scale_hardtanh_gelu",
     gemm_scale_hardtanh_gelu_kernel,
@@ -248,6 +330,12 @@ _OP = _runtime.GemmOp(
         ("scaling_factor", 0.5),
         ("hardtanh_min", -2.0),
         ("hardtanh_max", 2.0),
+    ),
+    backward=_runtime.Backward(
+        kernel=gemm_scale_hardtanh_gelu_backward,
+        grads=("bias",),
+        saves=True,
+        rows=False,
     ),
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "gemm_scale_hardtanh_gelu.tuning.json"

@@ -46,6 +46,7 @@ def gemm_sigmoid_residual_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     split_partials_ptr,
     split_counts_ptr,
     x_desc,
@@ -70,6 +71,7 @@ def gemm_sigmoid_residual_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
@@ -185,6 +187,12 @@ def gemm_sigmoid_residual_kernel(
                 offs_n = offs_n.to(tl.int64)
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
+            if SAVE:
+                tl.store(
+                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                    acc.to(save_ptr.dtype.element_ty),
+                    mask=mask_mn,
+                )
             # src[gemm_sigmoid_residual.fuse:4]: epilogue: bias; sigmoid_residual(scaling_factor)
             bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
                 tl.float32
@@ -196,12 +204,76 @@ def gemm_sigmoid_residual_kernel(
             tl.store(out_ptrs, sigmoid_residual_4.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
+@triton.jit
+def gemm_sigmoid_residual_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    _grad_bias_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_bias_n,
+    scaling_factor,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of gemm_sigmoid_residual's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[gemm_sigmoid_residual.fuse:4]: epilogue: bias; sigmoid_residual(scaling_factor)
+    bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    bias_2 = acc + bias_1
+    scaling_factor_3 = tl.full([], scaling_factor, tl.float32)
+    # src[gemm_sigmoid_residual.fuse:1]: # Seed 001 (KernelBench 70): z = x @ W^T + b; y = z + scaling_factor * sigmoid(z)
+    dout_4 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # src[gemm_sigmoid_residual.fuse:4]: epilogue: bias; sigmoid_residual(scaling_factor)
+    d_sigmoid_residual_5 = _sigmoid(bias_2)
+    d_sigmoid_residual_6 = scaling_factor_3 * d_sigmoid_residual_5
+    d_sigmoid_residual_8 = 1.0 - d_sigmoid_residual_5
+    d_sigmoid_residual_9 = d_sigmoid_residual_6 * d_sigmoid_residual_8
+    d_sigmoid_residual_10 = 1.0 + d_sigmoid_residual_9
+    d_sigmoid_residual_11 = dout_4 * d_sigmoid_residual_10
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_sigmoid_residual_11.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_sigmoid_residual_11, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+
+
 _OP = _runtime.GemmOp(
     "gemm_sigmoid_residual",
     gemm_sigmoid_residual_kernel,
     linear=True,
     bias=True,
     floats=(("scaling_factor", 2.0),),
+    backward=_runtime.Backward(
+        kernel=gemm_sigmoid_residual_backward,
+        grads=("bias",),
+        saves=True,
+        rows=False,
+    ),
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "gemm_sigmoid_residual.tuning.json"
     ),

@@ -88,6 +88,7 @@ def linear_gelu_softmax_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     stats_ptr,
     x_desc,
     w_desc,
@@ -114,6 +115,7 @@ def linear_gelu_softmax_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SPLIT: tl.constexpr,
     ALIGNED: tl.constexpr,
     SEG_0: tl.constexpr,
@@ -198,6 +200,12 @@ def linear_gelu_softmax_kernel(
         mask_m = offs_m < M
         mask_n = (local_n < tile_n) & (chunk * tile_n + local_n < seg_n) & (offs_n < N)
         mask_mn = mask_m[:, None] & mask_n[None, :]
+        if SAVE:
+            tl.store(
+                save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                acc.to(save_ptr.dtype.element_ty),
+                mask=mask_mn,
+            )
         stat_t_0 = stats_ptr + offs_m * num_tiles_n + pid_n
         # src[linear_gelu_softmax.fuse:2]: epilogue: bias; gelu; softmax
         bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
@@ -326,6 +334,77 @@ def linear_gelu_softmax_finish(
             )
 
 
+@triton.jit
+def linear_gelu_softmax_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    _grad_bias_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_bias_n,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of linear_gelu_softmax's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[linear_gelu_softmax.fuse:2]: epilogue: bias; gelu; softmax
+    bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    bias_2 = acc + bias_1
+    gelu_3 = _gelu_erf(bias_2)
+    row_max_0 = tl.max(tl.where(mask_n[None, :], gelu_3, float("-inf")), axis=1)[:, None]
+    shift_0 = tl.where(row_max_0 == float("-inf"), 0.0, row_max_0)
+    sum_exp_0 = tl.sum(tl.where(mask_n[None, :], tl.exp(gelu_3 - shift_0), 0.0), axis=1)[:, None]
+    softmax_0 = tl.exp(gelu_3 - shift_0) / sum_exp_0
+    # src[linear_gelu_softmax.fuse:1]: # softmax(gelu(x @ W^T + b)), exact GELU
+    dout_5 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # src[linear_gelu_softmax.fuse:2]: epilogue: bias; gelu; softmax
+    d_softmax_6 = dout_5 * softmax_0
+    row_sum_0 = tl.sum(tl.where(mask_n[None, :], d_softmax_6, 0.0), axis=1)[:, None]
+    row_sum_1000 = row_sum_0
+    d_softmax_8 = dout_5 - row_sum_1000
+    d_softmax_9 = softmax_0 * d_softmax_8
+    d_gelu_11 = bias_2 * 0.7071067690849304
+    d_gelu_12 = tl.erf(d_gelu_11)
+    d_gelu_14 = 0.5 * d_gelu_12
+    d_gelu_15 = 0.5 + d_gelu_14
+    d_gelu_16 = bias_2 * bias_2
+    d_gelu_18 = d_gelu_16 * -0.5
+    d_gelu_19 = tl.exp(d_gelu_18)
+    d_gelu_21 = d_gelu_19 * 0.3989422917366028
+    d_gelu_22 = bias_2 * d_gelu_21
+    d_gelu_23 = d_gelu_15 + d_gelu_22
+    d_gelu_24 = d_softmax_9 * d_gelu_23
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_gelu_24.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_gelu_24, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+
+
 _OP = _runtime.GemmOp(
     "linear_gelu_softmax",
     linear_gelu_softmax_kernel,
@@ -338,6 +417,12 @@ _OP = _runtime.GemmOp(
         reduces=(False,),
         columns="N",
         pool=1,
+    ),
+    backward=_runtime.Backward(
+        kernel=linear_gelu_softmax_backward,
+        grads=("bias",),
+        saves=True,
+        rows=True,
     ),
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "linear_gelu_softmax.tuning.json"

@@ -88,6 +88,7 @@ def linear_groupnorm_swish_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     stats_ptr,
     groupnorm_weight_ptr,
     groupnorm_bias_ptr,
@@ -118,6 +119,7 @@ def linear_groupnorm_swish_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SPLIT: tl.constexpr,
     ALIGNED: tl.constexpr,
     SEG_0: tl.constexpr,
@@ -204,6 +206,12 @@ def linear_groupnorm_swish_kernel(
         mask_m = offs_m < M
         mask_n = (local_n < tile_n) & (chunk * tile_n + local_n < seg_n) & (offs_n < N)
         mask_mn = mask_m[:, None] & mask_n[None, :]
+        if SAVE:
+            tl.store(
+                save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                acc.to(save_ptr.dtype.element_ty),
+                mask=mask_mn,
+            )
         stat_t_0 = stats_ptr + offs_m * num_tiles_n + pid_n
         # src[linear_groupnorm_swish.fuse:2]: epilogue: bias; groupnorm(256); swish
         bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
@@ -376,6 +384,7 @@ _OP = _runtime.GemmOp(
         columns="N",
         pool=1,
     ),
+    no_backward="groupnorm (linear_groupnorm_swish.fuse:2:17) has no derivative rule yet",
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "linear_groupnorm_swish.tuning.json"
     ),

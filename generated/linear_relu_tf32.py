@@ -37,6 +37,7 @@ def linear_relu_tf32_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     split_partials_ptr,
     split_counts_ptr,
     x_desc,
@@ -60,6 +61,7 @@ def linear_relu_tf32_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
@@ -175,6 +177,12 @@ def linear_relu_tf32_kernel(
                 offs_n = offs_n.to(tl.int64)
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
+            if SAVE:
+                tl.store(
+                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                    acc.to(save_ptr.dtype.element_ty),
+                    mask=mask_mn,
+                )
             # src[linear_relu_tf32.fuse:4]: epilogue: bias; relu
             bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
                 tl.float32
@@ -185,11 +193,69 @@ def linear_relu_tf32_kernel(
             tl.store(out_ptrs, relu_3.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
+@triton.jit
+def linear_relu_tf32_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    _grad_bias_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_bias_n,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of linear_relu_tf32's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[linear_relu_tf32.fuse:4]: epilogue: bias; relu
+    bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    bias_2 = acc + bias_1
+    # src[linear_relu_tf32.fuse:1]: # For users who accept TF32's ~1e-3 relative error in exchange for speed.
+    dout_3 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # src[linear_relu_tf32.fuse:4]: epilogue: bias; relu
+    d_relu_5 = bias_2 > 0.0
+    d_relu_6 = tl.where(d_relu_5, dout_3, 0.0)
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_relu_6.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_relu_6, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+
+
 _OP = _runtime.GemmOp(
     "linear_relu_tf32",
     linear_relu_tf32_kernel,
     linear=True,
     bias=True,
+    backward=_runtime.Backward(
+        kernel=linear_relu_tf32_backward,
+        grads=("bias",),
+        saves=True,
+        rows=False,
+    ),
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "linear_relu_tf32.tuning.json"
     ),

@@ -37,6 +37,7 @@ def linear_residual_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     skip_ptr,
     split_partials_ptr,
     split_counts_ptr,
@@ -63,6 +64,7 @@ def linear_residual_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
@@ -180,6 +182,12 @@ def linear_residual_kernel(
                 offs_n = offs_n.to(tl.int64)
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
+            if SAVE:
+                tl.store(
+                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                    acc.to(save_ptr.dtype.element_ty),
+                    mask=mask_mn,
+                )
             # src[linear_residual.fuse:4]: epilogue: bias; residual(skip)
             bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
                 tl.float32
@@ -195,12 +203,68 @@ def linear_residual_kernel(
             tl.store(out_ptrs, residual_4.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
+@triton.jit
+def linear_residual_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    skip_ptr,
+    _grad_bias_ptr,
+    _grad_skip_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_bias_n,
+    stride_skip_m,
+    stride_skip_n,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of linear_residual's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+        stride_skip_m = stride_skip_m + tl.zeros([], dtype=tl.int64)
+        stride_skip_n = stride_skip_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    # src[linear_residual.fuse:1]: # the second half of a feed-forward block: y = skip + (x @ W^T + b)
+    dout_1 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, dout_1.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, dout_1, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+    tl.store(_grad_skip_ptr + offs_mn, dout_1, mask=mask_mn)
+
+
 _OP = _runtime.GemmOp(
     "linear_residual",
     linear_residual_kernel,
     linear=True,
     bias=True,
     tensors=(("skip", "tile", 1),),
+    backward=_runtime.Backward(
+        kernel=linear_residual_backward,
+        grads=("bias", "skip"),
+        saves=False,
+        rows=False,
+    ),
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "linear_residual.tuning.json"
     ),

@@ -60,6 +60,7 @@ def math_ops_kernel(
     x_ptr,
     weight_ptr,
     out_ptr,
+    save_ptr,
     shift_ptr,
     col_scale_ptr,
     split_partials_ptr,
@@ -87,6 +88,7 @@ def math_ops_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
@@ -203,6 +205,12 @@ def math_ops_kernel(
                 offs_n = offs_n.to(tl.int64)
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
+            if SAVE:
+                tl.store(
+                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                    acc.to(save_ptr.dtype.element_ty),
+                    mask=mask_mn,
+                )
             # src[math_ops.fuse:6]: epilogue: add(shift); acc = acc * rsqrt(square(acc) + 1); e = exp(neg(abs(acc))); acc = log(1 + e) + erf(acc) * tanh(acc) - sigmoid(acc) + sqrt(abs(acc) + eps); div(col_scale)
             shift_1 = tl.load(shift_ptr + offs_n * stride_shift_n, mask=mask_n, other=0.0).to(
                 tl.float32
@@ -235,6 +243,129 @@ def math_ops_kernel(
             tl.store(out_ptrs, div_24.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
+@triton.jit
+def math_ops_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    shift_ptr,
+    col_scale_ptr,
+    _grad_shift_ptr,
+    _grad_col_scale_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_shift_n,
+    stride_col_scale_n,
+    eps,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of math_ops's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_shift_n = stride_shift_n + tl.zeros([], dtype=tl.int64)
+        stride_col_scale_n = stride_col_scale_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[math_ops.fuse:6]: epilogue: add(shift); acc = acc * rsqrt(square(acc) + 1); e = exp(neg(abs(acc))); acc = log(1 + e) + erf(acc) * tanh(acc) - sigmoid(acc) + sqrt(abs(acc) + eps); div(col_scale)
+    shift_1 = tl.load(shift_ptr + offs_n * stride_shift_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    add_2 = acc + shift_1
+    square_3 = add_2 * add_2
+    add_5 = square_3 + 1.0
+    rsqrt_6 = 1.0 / tl.sqrt_rn(add_5)
+    mul_7 = add_2 * rsqrt_6
+    abs_8 = tl.abs(mul_7)
+    neg_9 = abs_8 * -1.0
+    exp_10 = tl.exp(neg_9)
+    add_11 = 1.0 + exp_10
+    log_12 = tl.log(add_11)
+    erf_13 = tl.erf(mul_7)
+    tanh_14 = _tanh(mul_7)
+    mul_15 = erf_13 * tanh_14
+    add_16 = log_12 + mul_15
+    sigmoid_17 = _sigmoid(mul_7)
+    sub_18 = add_16 - sigmoid_17
+    eps_19 = tl.full([], eps, tl.float32)
+    add_20 = abs_8 + eps_19
+    sqrt_21 = tl.sqrt_rn(add_20)
+    add_22 = sub_18 + sqrt_21
+    col_scale_23 = tl.load(col_scale_ptr + offs_n * stride_col_scale_n, mask=mask_n, other=0.0).to(
+        tl.float32
+    )[None, :]
+    # src[math_ops.fuse:1]: # The elementwise math functions, on a linear without a bias of its own.
+    dout_24 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # src[math_ops.fuse:6]: epilogue: add(shift); acc = acc * rsqrt(square(acc) + 1); e = exp(neg(abs(acc))); acc = log(1 + e) + erf(acc) * tanh(acc) - sigmoid(acc) + sqrt(abs(acc) + eps); div(col_scale)
+    d_div_25 = dout_24 / col_scale_23
+    d_div_26 = dout_24 * -1.0
+    d_div_27 = d_div_26 * add_22
+    d_div_28 = col_scale_23 * col_scale_23
+    d_div_29 = d_div_27 / d_div_28
+    d_sqrt_31 = 2.0 * sqrt_21
+    d_sqrt_32 = d_div_25 / d_sqrt_31
+    d_sub_33 = d_div_25 * -1.0
+    d_sigmoid_34 = d_sub_33 * sigmoid_17
+    d_sigmoid_35 = 1.0 - sigmoid_17
+    d_sigmoid_36 = d_sigmoid_34 * d_sigmoid_35
+    d_mul_37 = d_div_25 * tanh_14
+    d_mul_38 = d_div_25 * erf_13
+    d_tanh_39 = tanh_14 * tanh_14
+    d_tanh_40 = 1.0 - d_tanh_39
+    d_tanh_41 = d_mul_38 * d_tanh_40
+    d_mul_42 = d_sigmoid_36 + d_tanh_41
+    d_erf_44 = d_mul_37 * 1.128379225730896
+    d_erf_45 = mul_7 * mul_7
+    d_erf_46 = d_erf_45 * -1.0
+    d_erf_47 = tl.exp(d_erf_46)
+    d_erf_48 = d_erf_44 * d_erf_47
+    d_mul_49 = d_mul_42 + d_erf_48
+    d_log_50 = d_div_25 / add_11
+    d_exp_51 = d_log_50 * exp_10
+    d_neg_52 = d_exp_51 * -1.0
+    d_abs_53 = d_sqrt_32 + d_neg_52
+    d_abs_55 = mul_7 > 0.0
+    d_abs_56 = mul_7 < 0.0
+    d_abs_57 = d_abs_53 * -1.0
+    d_abs_58 = tl.where(d_abs_56, d_abs_57, 0.0)
+    d_abs_59 = tl.where(d_abs_55, d_abs_53, d_abs_58)
+    d_mul_60 = d_mul_49 + d_abs_59
+    d_mul_61 = d_mul_60 * rsqrt_6
+    d_mul_62 = d_mul_60 * add_2
+    d_rsqrt_64 = -0.5 * d_mul_62
+    d_rsqrt_65 = d_rsqrt_64 * rsqrt_6
+    d_rsqrt_66 = d_rsqrt_65 * rsqrt_6
+    d_rsqrt_67 = d_rsqrt_66 * rsqrt_6
+    d_square_68 = 2.0 * d_rsqrt_67
+    d_square_69 = d_square_68 * add_2
+    d_add_70 = d_mul_61 + d_square_69
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_add_70.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_shift_0 = tl.where(mask_mn, d_add_70, 0.0)
+    tl.store(_grad_shift_ptr + pid_m * N + offs_n, tl.sum(grad_shift_0, axis=0), mask=mask_n)
+    grad_col_scale_0 = tl.where(mask_mn, d_div_29, 0.0)
+    tl.store(
+        _grad_col_scale_ptr + pid_m * N + offs_n, tl.sum(grad_col_scale_0, axis=0), mask=mask_n
+    )
+
+
 _OP = _runtime.GemmOp(
     "math_ops",
     math_ops_kernel,
@@ -245,6 +376,12 @@ _OP = _runtime.GemmOp(
         ("col_scale", "col", 1),
     ),
     floats=(("eps", 0.001),),
+    backward=_runtime.Backward(
+        kernel=math_ops_backward,
+        grads=("shift", "col_scale"),
+        saves=True,
+        rows=False,
+    ),
     tuning_file=os.path.join(os.path.dirname(os.path.abspath(__file__)), "math_ops.tuning.json"),
 )
 

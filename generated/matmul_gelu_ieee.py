@@ -72,6 +72,7 @@ def matmul_gelu_ieee_kernel(
     x_ptr,
     weight_ptr,
     out_ptr,
+    save_ptr,
     b_ptr,
     split_partials_ptr,
     split_counts_ptr,
@@ -96,6 +97,7 @@ def matmul_gelu_ieee_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
@@ -211,6 +213,12 @@ def matmul_gelu_ieee_kernel(
                 offs_n = offs_n.to(tl.int64)
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
+            if SAVE:
+                tl.store(
+                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                    acc.to(save_ptr.dtype.element_ty),
+                    mask=mask_mn,
+                )
             # src[matmul_gelu_ieee.fuse:6]: epilogue: add(b); gelu
             b_1 = tl.load(b_ptr + offs_n * stride_b_n, mask=mask_n, other=0.0).to(tl.float32)[
                 None, :
@@ -221,6 +229,65 @@ def matmul_gelu_ieee_kernel(
             tl.store(out_ptrs, gelu_3.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
+@triton.jit
+def matmul_gelu_ieee_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    b_ptr,
+    _grad_b_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_b_n,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of matmul_gelu_ieee's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_b_n = stride_b_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[matmul_gelu_ieee.fuse:6]: epilogue: add(b); gelu
+    b_1 = tl.load(b_ptr + offs_n * stride_b_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    add_2 = acc + b_1
+    # src[matmul_gelu_ieee.fuse:1]: # Plain fp32 FMA products (no tensor-core rounding at all), and an output dtype.
+    dout_3 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # src[matmul_gelu_ieee.fuse:6]: epilogue: add(b); gelu
+    d_gelu_5 = add_2 * 0.7071067690849304
+    d_gelu_6 = tl.erf(d_gelu_5)
+    d_gelu_8 = 0.5 * d_gelu_6
+    d_gelu_9 = 0.5 + d_gelu_8
+    d_gelu_10 = add_2 * add_2
+    d_gelu_12 = d_gelu_10 * -0.5
+    d_gelu_13 = tl.exp(d_gelu_12)
+    d_gelu_15 = d_gelu_13 * 0.3989422917366028
+    d_gelu_16 = add_2 * d_gelu_15
+    d_gelu_17 = d_gelu_9 + d_gelu_16
+    d_gelu_18 = dout_3 * d_gelu_17
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_gelu_18.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_b_0 = tl.where(mask_mn, d_gelu_18, 0.0)
+    tl.store(_grad_b_ptr + pid_m * N + offs_n, tl.sum(grad_b_0, axis=0), mask=mask_n)
+
+
 _OP = _runtime.GemmOp(
     "matmul_gelu_ieee",
     matmul_gelu_ieee_kernel,
@@ -228,6 +295,12 @@ _OP = _runtime.GemmOp(
     bias=False,
     tensors=(("b", "col", 1),),
     out_dtype=torch.bfloat16,
+    backward=_runtime.Backward(
+        kernel=matmul_gelu_ieee_backward,
+        grads=("b",),
+        saves=True,
+        rows=False,
+    ),
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "matmul_gelu_ieee.tuning.json"
     ),

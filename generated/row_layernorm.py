@@ -90,6 +90,7 @@ def row_layernorm_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     stats_ptr,
     x_desc,
     w_desc,
@@ -117,6 +118,7 @@ def row_layernorm_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SPLIT: tl.constexpr,
     ALIGNED: tl.constexpr,
     SEG_0: tl.constexpr,
@@ -201,6 +203,12 @@ def row_layernorm_kernel(
         mask_m = offs_m < M
         mask_n = (local_n < tile_n) & (chunk * tile_n + local_n < seg_n) & (offs_n < N)
         mask_mn = mask_m[:, None] & mask_n[None, :]
+        if SAVE:
+            tl.store(
+                save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                acc.to(save_ptr.dtype.element_ty),
+                mask=mask_mn,
+            )
         stat_t_0 = stats_ptr + offs_m * num_tiles_n + pid_n
         # src[row_layernorm.fuse:2]: epilogue: bias; layernorm(eps); tanh
         bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
@@ -337,6 +345,84 @@ def row_layernorm_finish(
             )
 
 
+@triton.jit
+def row_layernorm_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    _grad_bias_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_bias_n,
+    eps,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of row_layernorm's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[row_layernorm.fuse:2]: epilogue: bias; layernorm(eps); tanh
+    bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    bias_2 = acc + bias_1
+    eps_3 = tl.full([], eps, tl.float32)
+    mean_0 = tl.sum(tl.where(mask_n[None, :], bias_2, 0.0), axis=1)[:, None] / (N // 1)
+    centred_0 = tl.where(mask_n[None, :], bias_2 - mean_0, 0.0)
+    var_0 = tl.sum(centred_0 * centred_0, axis=1)[:, None] / (N // 1)
+    rstd_0 = 1.0 / tl.sqrt_rn(var_0 + eps_3)
+    layernorm_0 = (bias_2 - mean_0) * rstd_0
+    tanh_5 = _tanh(layernorm_0)
+    # src[row_layernorm.fuse:1]: param eps: float = 1e-5
+    dout_6 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # src[row_layernorm.fuse:2]: epilogue: bias; layernorm(eps); tanh
+    d_tanh_7 = tanh_5 * tanh_5
+    d_tanh_9 = 1.0 - d_tanh_7
+    d_tanh_10 = dout_6 * d_tanh_9
+    row_sum_0 = tl.sum(tl.where(mask_n[None, :], bias_2, 0.0), axis=1)[:, None]
+    row_mean_0 = row_sum_0 / (N // 1)
+    d_layernorm_12 = bias_2 - row_mean_0
+    d_layernorm_13 = d_layernorm_12 * d_layernorm_12
+    row_sum_1000 = tl.sum(tl.where(mask_n[None, :], d_layernorm_13, 0.0), axis=1)[:, None]
+    row_mean_1000 = row_sum_1000 / (N // 1)
+    d_layernorm_15 = row_mean_1000 + eps_3
+    d_layernorm_16 = 1.0 / tl.sqrt_rn(d_layernorm_15)
+    row_sum_2000 = tl.sum(tl.where(mask_n[None, :], d_tanh_10, 0.0), axis=1)[:, None]
+    row_mean_2000 = row_sum_2000 / (N // 1)
+    d_layernorm_18 = d_tanh_10 - row_mean_2000
+    d_layernorm_19 = d_tanh_10 * layernorm_0
+    row_sum_3000 = tl.sum(tl.where(mask_n[None, :], d_layernorm_19, 0.0), axis=1)[:, None]
+    row_mean_3000 = row_sum_3000 / (N // 1)
+    d_layernorm_21 = layernorm_0 * row_mean_3000
+    d_layernorm_22 = d_layernorm_18 - d_layernorm_21
+    d_layernorm_23 = d_layernorm_16 * d_layernorm_22
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_layernorm_23.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_layernorm_23, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+
+
 _OP = _runtime.GemmOp(
     "row_layernorm",
     row_layernorm_kernel,
@@ -350,6 +436,12 @@ _OP = _runtime.GemmOp(
         reduces=(False,),
         columns="N",
         pool=1,
+    ),
+    backward=_runtime.Backward(
+        kernel=row_layernorm_backward,
+        grads=("bias",),
+        saves=True,
+        rows=True,
     ),
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "row_layernorm.tuning.json"

@@ -78,6 +78,7 @@ def row_log_softmax_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     stats_ptr,
     x_desc,
     w_desc,
@@ -104,6 +105,7 @@ def row_log_softmax_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SPLIT: tl.constexpr,
     ALIGNED: tl.constexpr,
     SEG_0: tl.constexpr,
@@ -188,6 +190,12 @@ def row_log_softmax_kernel(
         mask_m = offs_m < M
         mask_n = (local_n < tile_n) & (chunk * tile_n + local_n < seg_n) & (offs_n < N)
         mask_mn = mask_m[:, None] & mask_n[None, :]
+        if SAVE:
+            tl.store(
+                save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                acc.to(save_ptr.dtype.element_ty),
+                mask=mask_mn,
+            )
         stat_t_0 = stats_ptr + offs_m * num_tiles_n + pid_n
         # src[row_log_softmax.fuse:2]: epilogue: bias; relu; log_softmax
         bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
@@ -316,6 +324,68 @@ def row_log_softmax_finish(
             )
 
 
+@triton.jit
+def row_log_softmax_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    _grad_bias_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_bias_n,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of row_log_softmax's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[row_log_softmax.fuse:2]: epilogue: bias; relu; log_softmax
+    bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    bias_2 = acc + bias_1
+    relu_3 = tl.where(bias_2 < 0.0, 0.0, bias_2)
+    row_max_0 = tl.max(tl.where(mask_n[None, :], relu_3, float("-inf")), axis=1)[:, None]
+    shift_0 = tl.where(row_max_0 == float("-inf"), 0.0, row_max_0)
+    sum_exp_0 = tl.sum(tl.where(mask_n[None, :], tl.exp(relu_3 - shift_0), 0.0), axis=1)[:, None]
+    log_softmax_0 = (relu_3 - shift_0) - tl.log(sum_exp_0)
+    # src[row_log_softmax.fuse:1]: # log-probabilities of relu(x @ W^T + b)
+    dout_5 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # src[row_log_softmax.fuse:2]: epilogue: bias; relu; log_softmax
+    d_log_softmax_6 = tl.exp(log_softmax_0)
+    row_sum_0 = tl.sum(tl.where(mask_n[None, :], dout_5, 0.0), axis=1)[:, None]
+    row_sum_1000 = row_sum_0
+    d_log_softmax_8 = d_log_softmax_6 * row_sum_1000
+    d_log_softmax_9 = dout_5 - d_log_softmax_8
+    d_relu_11 = bias_2 > 0.0
+    d_relu_12 = tl.where(d_relu_11, d_log_softmax_9, 0.0)
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_relu_12.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_relu_12, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+
+
 _OP = _runtime.GemmOp(
     "row_log_softmax",
     row_log_softmax_kernel,
@@ -328,6 +398,12 @@ _OP = _runtime.GemmOp(
         reduces=(False,),
         columns="N",
         pool=1,
+    ),
+    backward=_runtime.Backward(
+        kernel=row_log_softmax_backward,
+        grads=("bias",),
+        saves=True,
+        rows=True,
     ),
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "row_log_softmax.tuning.json"

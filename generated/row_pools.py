@@ -87,6 +87,7 @@ def row_pools_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     stats_ptr,
     x_desc,
     w_desc,
@@ -113,6 +114,7 @@ def row_pools_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SPLIT: tl.constexpr,
     ALIGNED: tl.constexpr,
     SEG_0: tl.constexpr,
@@ -203,6 +205,12 @@ def row_pools_kernel(
         mask_m = offs_m < M
         mask_n = (local_n < tile_n) & (chunk * tile_n + local_n < seg_n) & (offs_n < N)
         mask_mn = mask_m[:, None] & mask_n[None, :]
+        if SAVE:
+            tl.store(
+                save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                acc.to(save_ptr.dtype.element_ty),
+                mask=mask_mn,
+            )
         cols_2_0 = tl.arange(0, BN_0)
         gcol_2_0 = n0 // 2 + cols_2_0
         ok_2_0 = (
@@ -340,6 +348,7 @@ _OP = _runtime.GemmOp(
         columns="",
         pool=0,
     ),
+    no_backward="maxpool (row_pools.fuse:2:17) has no derivative rule yet",
     tuning_file=os.path.join(os.path.dirname(os.path.abspath(__file__)), "row_pools.tuning.json"),
 )
 

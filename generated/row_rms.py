@@ -79,6 +79,7 @@ def row_rms_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     stats_ptr,
     r_ptr,
     x_desc,
@@ -107,6 +108,7 @@ def row_rms_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SPLIT: tl.constexpr,
     ALIGNED: tl.constexpr,
     SEG_0: tl.constexpr,
@@ -194,6 +196,12 @@ def row_rms_kernel(
         mask_m = offs_m < M
         mask_n = (local_n < tile_n) & (chunk * tile_n + local_n < seg_n) & (offs_n < N)
         mask_mn = mask_m[:, None] & mask_n[None, :]
+        if SAVE:
+            tl.store(
+                save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                acc.to(save_ptr.dtype.element_ty),
+                mask=mask_mn,
+            )
         stat_t_0 = stats_ptr + offs_m * num_tiles_n + pid_n
         # src[row_rms.fuse:3]: epilogue: bias; square; row_mean; sqrt; acc = acc + r; row_max
         bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
@@ -280,6 +288,72 @@ def row_rms_finish(
         )
 
 
+@triton.jit
+def row_rms_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    r_ptr,
+    _grad_bias_ptr,
+    _grad_r_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride_bias_n,
+    stride_r_m,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of row_rms's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+        stride_r_m = stride_r_m + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[row_rms.fuse:3]: epilogue: bias; square; row_mean; sqrt; acc = acc + r; row_max
+    bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    bias_2 = acc + bias_1
+    square_3 = bias_2 * bias_2
+    row_sum_0 = tl.sum(tl.where(mask_n[None, :], square_3, 0.0), axis=1)[:, None]
+    row_mean_0 = row_sum_0 / (N // 1)
+    sqrt_5 = tl.sqrt_rn(row_mean_0)
+    # src[row_rms.fuse:1]: # root mean square of each row, then a per-row offset; row_max of one column is itself
+    dout_6 = tl.load(_dout_ptr + offs_m * stride__dout_m, mask=mask_m, other=0.0).to(tl.float32)[
+        :, None
+    ]
+    # src[row_rms.fuse:3]: epilogue: bias; square; row_mean; sqrt; acc = acc + r; row_max
+    d_sqrt_8 = 2.0 * sqrt_5
+    d_sqrt_9 = dout_6 / d_sqrt_8
+    d_row_mean_10 = tl.full([], N, tl.float32)
+    d_row_mean_11 = d_sqrt_9 / d_row_mean_10
+    d_square_12 = 2.0 * d_row_mean_11
+    d_square_13 = d_square_12 * bias_2
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_square_13.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_square_13, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+    grad_r_0 = tl.where(
+        mask_mn & (offs_n[None, :] == 0),
+        (dout_6 + tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)),
+        0.0,
+    )
+    tl.store(_grad_r_ptr + pid_n * M + offs_m, tl.sum(grad_r_0, axis=1), mask=mask_m)
+
+
 _OP = _runtime.GemmOp(
     "row_rms",
     row_rms_kernel,
@@ -296,6 +370,12 @@ _OP = _runtime.GemmOp(
         reduces=(True, True),
         columns="1",
         pool=0,
+    ),
+    backward=_runtime.Backward(
+        kernel=row_rms_backward,
+        grads=("bias", "r"),
+        saves=True,
+        rows=True,
     ),
     tuning_file=os.path.join(os.path.dirname(os.path.abspath(__file__)), "row_rms.tuning.json"),
 )

@@ -78,6 +78,7 @@ def row_sums_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     stats_ptr,
     x_desc,
     w_desc,
@@ -104,6 +105,7 @@ def row_sums_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SPLIT: tl.constexpr,
     ALIGNED: tl.constexpr,
     SEG_0: tl.constexpr,
@@ -188,6 +190,12 @@ def row_sums_kernel(
         mask_m = offs_m < M
         mask_n = (local_n < tile_n) & (chunk * tile_n + local_n < seg_n) & (offs_n < N)
         mask_mn = mask_m[:, None] & mask_n[None, :]
+        if SAVE:
+            tl.store(
+                save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                acc.to(save_ptr.dtype.element_ty),
+                mask=mask_mn,
+            )
         stat_t_0 = stats_ptr + offs_m * num_tiles_n + pid_n
         # src[row_sums.fuse:2]: epilogue: bias; abs; row_sum(keepdim=false)
         bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
@@ -262,6 +270,57 @@ def row_sums_finish(
         )
 
 
+@triton.jit
+def row_sums_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    _grad_bias_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride_bias_n,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of row_sums's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[row_sums.fuse:2]: epilogue: bias; abs; row_sum(keepdim=false)
+    bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    bias_2 = acc + bias_1
+    # src[row_sums.fuse:1]: # the sum of each row
+    dout_3 = tl.load(_dout_ptr + offs_m * stride__dout_m, mask=mask_m, other=0.0).to(tl.float32)[
+        :, None
+    ]
+    # src[row_sums.fuse:2]: epilogue: bias; abs; row_sum(keepdim=false)
+    d_abs_5 = bias_2 > 0.0
+    d_abs_6 = bias_2 < 0.0
+    d_abs_7 = dout_3 * -1.0
+    d_abs_8 = tl.where(d_abs_6, d_abs_7, 0.0)
+    d_abs_9 = tl.where(d_abs_5, dout_3, d_abs_8)
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_abs_9.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_abs_9, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+
+
 _OP = _runtime.GemmOp(
     "row_sums",
     row_sums_kernel,
@@ -274,6 +333,12 @@ _OP = _runtime.GemmOp(
         reduces=(True,),
         columns="",
         pool=0,
+    ),
+    backward=_runtime.Backward(
+        kernel=row_sums_backward,
+        grads=("bias",),
+        saves=True,
+        rows=False,
     ),
     tuning_file=os.path.join(os.path.dirname(os.path.abspath(__file__)), "row_sums.tuning.json"),
 )

@@ -88,6 +88,7 @@ def scaled_swish_kernel(
     weight_ptr,
     bias_ptr,
     out_ptr,
+    save_ptr,
     temperature_ptr,
     split_partials_ptr,
     split_counts_ptr,
@@ -113,6 +114,7 @@ def scaled_swish_kernel(
     FLATTEN: tl.constexpr,
     WIDE: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
@@ -228,6 +230,12 @@ def scaled_swish_kernel(
                 offs_n = offs_n.to(tl.int64)
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
+            if SAVE:
+                tl.store(
+                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                    acc.to(save_ptr.dtype.element_ty),
+                    mask=mask_mn,
+                )
             # src[scaled_swish.fuse:12]: epilogue: bias; z = acc; swish_beta(beta); soft_cap(temperature * 5); acc = acc + 0.1 * z
             bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
                 tl.float32
@@ -252,6 +260,99 @@ def scaled_swish_kernel(
             tl.store(out_ptrs, add_15.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
+@triton.jit
+def scaled_swish_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    temperature_ptr,
+    _grad_bias_ptr,
+    _grad_temperature_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_bias_n,
+    beta,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of scaled_swish's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[scaled_swish.fuse:12]: epilogue: bias; z = acc; swish_beta(beta); soft_cap(temperature * 5); acc = acc + 0.1 * z
+    bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    bias_2 = acc + bias_1
+    beta_3 = tl.full([], beta, tl.float32)
+    # src[scaled_swish.fuse:10]: def swish_beta(b) = acc * sigmoid(b * acc)
+    mul_4 = beta_3 * bias_2
+    sigmoid_5 = _sigmoid(mul_4)
+    mul_6 = bias_2 * sigmoid_5
+    # src[scaled_swish.fuse:12]: epilogue: bias; z = acc; swish_beta(beta); soft_cap(temperature * 5); acc = acc + 0.1 * z
+    temperature_7 = tl.load(temperature_ptr).to(tl.float32)
+    mul_9 = temperature_7 * 5.0
+    # src[scaled_swish.fuse:11]: def soft_cap(cap) = cap * tanh(acc / cap)
+    div_10 = mul_6 / mul_9
+    tanh_11 = _tanh(div_10)
+    # src[scaled_swish.fuse:1]: # User-defined ops, a learned scalar, an explicit constructor and fp32 output,
+    dout_13 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # src[scaled_swish.fuse:12]: epilogue: bias; z = acc; swish_beta(beta); soft_cap(temperature * 5); acc = acc + 0.1 * z
+    d_mul_14 = dout_13 * 0.1
+    # src[scaled_swish.fuse:11]: def soft_cap(cap) = cap * tanh(acc / cap)
+    d_mul_15 = dout_13 * tanh_11
+    d_mul_16 = dout_13 * mul_9
+    d_tanh_17 = tanh_11 * tanh_11
+    d_tanh_19 = 1.0 - d_tanh_17
+    d_tanh_20 = d_mul_16 * d_tanh_19
+    d_div_21 = d_tanh_20 / mul_9
+    d_div_22 = d_tanh_20 * -1.0
+    d_div_23 = d_div_22 * mul_6
+    d_div_24 = mul_9 * mul_9
+    d_div_25 = d_div_23 / d_div_24
+    d_mul_26 = d_mul_15 + d_div_25
+    # src[scaled_swish.fuse:12]: epilogue: bias; z = acc; swish_beta(beta); soft_cap(temperature * 5); acc = acc + 0.1 * z
+    d_mul_27 = d_mul_26 * 5.0
+    # src[scaled_swish.fuse:10]: def swish_beta(b) = acc * sigmoid(b * acc)
+    d_mul_28 = d_div_21 * sigmoid_5
+    d_mul_29 = d_div_21 * bias_2
+    d_bias_30 = d_mul_14 + d_mul_28
+    d_sigmoid_31 = d_mul_29 * sigmoid_5
+    d_sigmoid_32 = 1.0 - sigmoid_5
+    d_sigmoid_33 = d_sigmoid_31 * d_sigmoid_32
+    d_mul_34 = d_sigmoid_33 * beta_3
+    d_bias_35 = d_bias_30 + d_mul_34
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_bias_35.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_bias_35, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+    grad_temperature_0 = tl.where(mask_mn, d_mul_27, 0.0)
+    tl.store(
+        _grad_temperature_ptr + pid_m * tl.num_programs(1) + pid_n,
+        tl.sum(tl.sum(grad_temperature_0, axis=1), axis=0),
+    )
+
+
 _OP = _runtime.GemmOp(
     "scaled_swish",
     scaled_swish_kernel,
@@ -260,6 +361,12 @@ _OP = _runtime.GemmOp(
     tensors=(("temperature", "scalar", 1),),
     floats=(("beta", 1.702),),
     out_dtype=torch.float32,
+    backward=_runtime.Backward(
+        kernel=scaled_swish_backward,
+        grads=("bias", "temperature"),
+        saves=True,
+        rows=False,
+    ),
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "scaled_swish.tuning.json"
     ),

@@ -28,8 +28,9 @@ Rules (ids are stable):
   not counted); 1 if no launch shows one. A kgen module launches through its runtime,
   not in its own text: its declaration `GemmOp(name, kernel, ..., rows=Rows(...,
   finish=...))` (kgen.runtime) stands for the launches, with the outputs the runtime
-  gives them (`out_ptr`; and `stats_ptr`, read by the finishing kernel, for a kernel
-  with row operations) and its scratch (`split_partials_ptr`, `split_counts_ptr`).
+  gives them (`out_ptr`, `save_ptr` -- the accumulator a training call saves -- and
+  the backward kernel's `_dz_ptr` and `_grad_*_ptr`; and `stats_ptr`, read by the
+  finishing kernel, for a kernel with row operations) and its scratch (`split_partials_ptr`, `split_counts_ptr`).
   Stores are followed textually along every path: a
   store in a loop counts once, an `if`/`else` forks the path, a jit helper's stores
   count at each call. A finding: the path with the most stores has more than there are
@@ -499,15 +500,27 @@ def _declared(m: Module, kernel: Function) -> Outputs | None:
         if isinstance(rows, ast.Call):
             finish = {k.arg: k.value for k in rows.keywords}.get("finish")
         named = [ast.unparse(a) for a in node.args[1:2]]
+        # the forward kernel's outputs: out, and the accumulator a training call saves
+        out, ptrs = ["out", "save"], ["out_ptr", "save_ptr"]
         if kernel.name in named:
             if finish is not None and ast.unparse(finish) != "None":
-                return Outputs(["out", "stats"], ["out_ptr", "stats_ptr"], node.lineno)
+                return Outputs([*out, "stats"], [*ptrs, "stats_ptr"], node.lineno)
             if rows is not None:
-                return Outputs(["out"], ["out_ptr"], node.lineno)
+                return Outputs(out, list(ptrs), node.lineno)
             scratch = {"split_partials_ptr", "split_counts_ptr"}
-            return Outputs(["out"], ["out_ptr"], node.lineno, scratch)
+            return Outputs(out, list(ptrs), node.lineno, scratch)
         if finish is not None and ast.unparse(finish) == kernel.name:
             return Outputs(["out"], ["out_ptr"], node.lineno)
+        backward = keywords.get("backward")
+        if isinstance(backward, ast.Call):
+            fields = {k.arg: k.value for k in backward.keywords}
+            if ast.unparse(fields.get("kernel", ast.Constant(None))) == kernel.name:
+                # dz, and each operand's gradient (kgen/lower/backward.py)
+                listed = fields.get("grads")
+                grads = () if listed is None else ast.literal_eval(listed)
+                names = ["dz", *(f"grad_{g}" for g in grads)]
+                params = ["_dz_ptr", *(f"_grad_{g}_ptr" for g in grads)]
+                return Outputs(names, list(params), node.lineno)
     return None
 
 

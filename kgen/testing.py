@@ -50,6 +50,7 @@ accepted only where one of these evaluations gives it; NaN never passes otherwis
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -517,3 +518,92 @@ def _as2d(value: Any, M: int) -> torch.Tensor:
     if t.dim() < 2:
         t = t.reshape(1, 1)
     return t.expand(M, t.shape[1]) if t.shape[0] == 1 else t
+
+
+# ---------------------------------------------------------------------------
+# Gradients
+#
+# A kernel's gradients (kgen.derive, the backward kernel, and the GEMMs dx = dz W,
+# dW = dz^T x) are judged against torch.autograd of the float64 oracle, the way
+# PyTorch's own are: per gradient tensor, the largest error may be at most
+# GRAD_EAGER_FACTOR times the largest error of PyTorch's autograd of the same spec
+# computed in the call's dtype (reference.evaluate with that dtype: the GEMM and
+# every op rounded to it, as eager PyTorch computes), plus GRAD_ULPS units of the
+# gradient's own dtype times its largest exact value. The first term is what a
+# PyTorch user already accepts from autograd in that dtype (both round the saved
+# pre-activation and the GEMMs' inputs to it); the second is a floor for gradients
+# that eager happens to get exactly (a relu's), where kgen still rounds dz and sums
+# the operands' partial gradients in another order. A gradient with NaN or Inf where
+# the exact one is finite fails.
+GRAD_EAGER_FACTOR = 2.0
+GRAD_ULPS = 8.0
+
+
+def _autograd(
+    kernel: Kernel,
+    args: Sequence[torch.Tensor],
+    dout: torch.Tensor,
+    dtype: torch.dtype,
+    floats: dict[str, Any],
+) -> list[torch.Tensor]:
+    leaves = [a.detach().to(dtype).requires_grad_() for a in args]
+    out = reference.evaluate(kernel, *leaves, dtype=dtype, **floats)
+    grads = torch.autograd.grad(out, leaves, dout.to(out.dtype), allow_unused=True)
+    return [
+        torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves, strict=True)
+    ]
+
+
+def gradient_errors(
+    kernel: Kernel,
+    grads: Sequence[torch.Tensor],
+    args: Sequence[torch.Tensor],
+    dout: torch.Tensor,
+    **floats: Any,
+) -> list[str]:
+    """What is wrong with `grads` (kgen's, one per tensor argument), as messages."""
+    exact = _autograd(kernel, args, dout, torch.float64, floats)
+    eager = _autograd(kernel, args, dout, args[0].dtype, floats)
+    names = (
+        ["x", "weight"] + (["bias"] if kernel.has_bias else []) + [t.name for t in kernel.tensors]
+    )
+    problems = []
+    for name, got, want, pytorch, arg in zip(names, grads, exact, eager, args, strict=True):
+        if got.shape != arg.shape or got.dtype != arg.dtype:
+            problems.append(
+                f"{name}: gradient {got.dtype} {list(got.shape)}, not {arg.dtype} "
+                f"{list(arg.shape)}"
+            )
+            continue
+        finite = torch.isfinite(want)
+        error = (got.double() - want).abs()
+        if bool((~torch.isfinite(got) & finite).any()):
+            problems.append(f"{name}: NaN or Inf where the exact gradient is finite")
+            continue
+        error = torch.where(finite, error, 0.0)
+        scale = float(torch.where(finite, want.abs(), 0.0).max()) if want.numel() else 0.0
+        pytorch_error = (
+            float(torch.where(finite, (pytorch.double() - want).abs(), 0.0).max())
+            if want.numel()
+            else 0.0
+        )
+        allowed = GRAD_EAGER_FACTOR * pytorch_error + GRAD_ULPS * torch.finfo(arg.dtype).eps * scale
+        worst = float(error.max()) if error.numel() else 0.0
+        if worst > allowed:
+            problems.append(
+                f"{name}: max |error| {worst:.3g} > {allowed:.3g} (PyTorch in {arg.dtype}: "
+                f"{pytorch_error:.3g}; largest exact value {scale:.3g})"
+            )
+    return problems
+
+
+def assert_gradients_match(
+    kernel: Kernel,
+    grads: Sequence[torch.Tensor],
+    args: Sequence[torch.Tensor],
+    dout: torch.Tensor,
+    **floats: Any,
+) -> None:
+    problems = gradient_errors(kernel, grads, args, dout, **floats)
+    if problems:
+        raise AssertionError(f"{kernel.name}: " + "; ".join(problems))

@@ -67,6 +67,8 @@ RESERVED: frozenset[str] = frozenset(
         "mask_m",
         "mask_n",
         "mask_mn",
+        "offs_mn",
+        "SAVE",
         "out_ptrs",
         "BLOCK_M",
         "BLOCK_N",

@@ -44,7 +44,7 @@ def _pointer_args(kernel: Kernel) -> list[str]:
     args = ["x_ptr", "weight_ptr"]
     if kernel.has_bias:
         args.append("bias_ptr")
-    args.append("out_ptr")
+    args += ["out_ptr", "save_ptr"]
     if kernel.row_ops:
         args.append("stats_ptr")
     args += [f"{t.name}_ptr" for t in kernel.tensors]
@@ -71,6 +71,12 @@ def _epilogue(kernel: Kernel) -> list[str]:
     """The GEMM kernel's epilogue: with row operations, the row strategies' plan; else
     one line per IR value after the gemm, then the store of the result."""
     writer = Writer(kernel, new_namer(kernel), {0: "acc"}, indent=8)
+    # training: the accumulator, saved for the backward (kgen.derive, kgen/lower/backward.py)
+    writer.line("if SAVE:")
+    writer.line(
+        "    tl.store(save_ptr + (offs_m[:, None] * N + offs_n[None, :]),"
+        " acc.to(save_ptr.dtype.element_ty), mask=mask_mn)"
+    )
     if kernel.row_ops:
         rows.gemm_epilogue(writer, kernel)
         return writer.lines
@@ -150,7 +156,9 @@ def _finish_kernel(kernel: Kernel) -> str:
     for operand in _strided(kernel):
         strides += _stride_names(operand)
     pointers = ["out_ptr", "stats_ptr"] + [
-        p for p in _pointer_args(kernel) if p not in ("x_ptr", "weight_ptr", "out_ptr", "stats_ptr")
+        p
+        for p in _pointer_args(kernel)
+        if p not in ("x_ptr", "weight_ptr", "out_ptr", "save_ptr", "stats_ptr")
     ]
     params = [*pointers, "M", "N", *strides, "tile_n", "seg_n", "seg_tiles", "num_segs"]
     params += [f.name for f in kernel.floats]
@@ -171,14 +179,18 @@ def _finish_kernel(kernel: Kernel) -> str:
     return "\n".join([*head, *writer.lines]) + "\n"
 
 
-def helpers(kernel: Kernel) -> str:
-    absolute = absolute_forms(kernel)
-    needed = {
-        h
-        for instr in kernel.body
-        if instr.op in OPS
-        for h in OPS[instr.op].helpers_for(instr.id in absolute)
-    }
+def helpers(kernel: Kernel, *others: Kernel) -> str:
+    """The module's helpers: those the ops of `kernel` and of `others` (its backward)
+    need, then the dot products `kernel`'s mainloop calls."""
+    needed: set[str] = set()
+    for k in (kernel, *others):
+        absolute = absolute_forms(k)
+        needed |= {
+            h
+            for instr in k.body
+            if instr.op in OPS
+            for h in OPS[instr.op].helpers_for(instr.id in absolute)
+        }
     parts = [h.source.strip("\n") for h in tlib.closure(needed)]
     if kernel.row_ops:
         parts.append(rows.SEGMENT_HELPERS.strip("\n"))

@@ -87,6 +87,7 @@ CONSTEXPRS = (
     "FLATTEN",  # persistent launch: let the compiler pipeline across tiles
     "WIDE",  # int64 offsets
     "UPCAST_DOT",  # the interpreter's bf16 tl.dot workaround
+    "SAVE",  # training: store the accumulator (save_ptr) before the epilogue
 )
 
 # Without row operations, the epilogue runs on SUBTILES column slices of the tile in

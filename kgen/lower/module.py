@@ -8,8 +8,10 @@ kgen.build runs black."""
 from __future__ import annotations
 
 from kgen import __version__
+from kgen.derive import Backward, NotDifferentiable, derive
 from kgen.ir import Gemm, InitArg, Kernel, Kind, Role
 from kgen.lower import steps
+from kgen.lower.backward import backward_kernel
 from kgen.lower.kernel import gemm_kernels, helpers
 from kgen.lower.text import comment, literal, spec_lines
 
@@ -38,9 +40,18 @@ def _signature_args(kernel: Kernel) -> tuple[list[str], list[str]]:
     return positional, keywords
 
 
-def _declaration(kernel: Kernel) -> str:
+def _backward(kernel: Kernel) -> Backward | str:
+    """The kernel's backward, or why it has none."""
+    try:
+        return derive(kernel)
+    except NotDifferentiable as error:
+        where = f"{kernel.filename}:{error.span.line}:{error.span.column}"
+        return f"{error.op} ({where}) has no derivative rule yet"
+
+
+def _declaration(kernel: Kernel, backward: Backward | str) -> str:
     """`_OP`, the module's kgen.runtime.GemmOp: what the runtime needs to know of the
-    spec to check, plan and launch a call."""
+    spec to check, plan and launch a call, and to compute its gradients."""
     name = kernel.name
     lines = [
         "_OP = _runtime.GemmOp(",
@@ -74,6 +85,18 @@ def _declaration(kernel: Kernel) -> str:
             f"        reduces={reduces!r},",
             f"        columns={columns!r},",
             f"        pool={pool},",
+            "    ),",
+        ]
+    if isinstance(backward, str):
+        lines.append(f"    no_backward={backward!r},")
+    else:
+        grads = tuple(name for name, i in backward.grads[1:] if i is not None)
+        lines += [
+            "    backward=_runtime.Backward(",
+            f"        kernel={backward.kernel.name},",
+            f"        grads={grads!r},",
+            f"        saves={backward.saves_acc},",
+            f"        rows={backward.rows},",
             "    ),",
         ]
     lines += [
@@ -244,10 +267,13 @@ def emit_module(kernel: Kernel) -> str:
         "",
         "",
     ]
+    backward = _backward(kernel)
+    differentiable = not isinstance(backward, str)
     sections = [
-        helpers(kernel),
+        helpers(kernel, *([backward.kernel] if differentiable else [])),  # type: ignore[union-attr]
         gemm_kernels(kernel),
-        _declaration(kernel),
+        backward_kernel(backward) if differentiable else "",  # type: ignore[arg-type]
+        _declaration(kernel, backward),
         _function(kernel),
         _module_class(kernel),
     ]

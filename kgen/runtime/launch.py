@@ -173,8 +173,8 @@ def descriptor(template: TensorDescriptor, base: torch.Tensor) -> TensorDescript
 
 # Where a plan's per-call values stand among a run's values, after the call's n tensors
 # (then come its float params): run_values[n + OUT] is the output, and so on.
-OUT, SCRATCH, COUNTS, DESC0, DESC1 = range(5)
-FLOATS = 5
+OUT, SCRATCH, COUNTS, DESC0, DESC1, SAVE = range(6)
+FLOATS = 6
 
 
 class Plan:
@@ -183,7 +183,9 @@ class Plan:
     `run(args)` takes the call's arguments as the call got them -- its `n` tensors,
     then its float params -- and returns the output. The launches' slots index the run
     values: the tensors, then the output, the scratch buffer, the split-K counters, the
-    two tensor descriptors (None where unused), then the floats."""
+    two tensor descriptors (None where unused), the saved accumulator, then the floats.
+    A plan with `save` (training) runs by `run_saving`, which also returns the
+    accumulator the kernel saved for the backward."""
 
     __slots__ = (
         "copies",
@@ -198,6 +200,7 @@ class Plan:
         "out_dtype",
         "out_shape",
         "out_strides",
+        "save",
         "scratch",
         "scratch_strides",
         "simple",
@@ -216,6 +219,7 @@ class Plan:
         counts: int = 0,
         descs: Sequence[tuple[int, TensorDescriptor]] = (),
         launches: Sequence[Launch] = (),
+        save: tuple[tuple[int, ...], torch.dtype] | None = None,
     ) -> None:
         self.device = device
         self.index = device.index if device.type == "cuda" else -1
@@ -233,10 +237,11 @@ class Plan:
         self.counts = counts  # split-K arrival counters, one per tile
         self.descs = tuple(descs)  # (which tensor, its descriptor's template)
         self.launches = tuple(launches)
+        self.save = save  # (shape, dtype) of the accumulator a training forward saves
         self.direct = False  # every launch can go through its launcher
         # one launch and nothing per call but the output: the commonest plan, run by a
         # shorter path
-        self.simple = len(self.launches) == 1 and not (copies or scratch or counts or descs)
+        self.simple = len(self.launches) == 1 and not (copies or scratch or counts or descs or save)
 
     def run(self, args: Sequence[Any]) -> torch.Tensor:
         """Run the plan on a call's arguments."""
@@ -275,7 +280,23 @@ class Plan:
         self.direct = all(launch.direct is not None for launch in self.launches)
         return out
 
-    def triton_values(self, args: Sequence[Any]) -> tuple[list[Any], torch.Tensor]:
+    def run_saving(self, args: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run a training plan: the output, and the accumulator it saved (an empty
+        tensor where the backward needs none). Through `kernel[grid](...)`: a training
+        step's GEMMs outweigh its launches' CPU cost."""
+        if self.save is None:
+            saved = torch.empty(0, device=self.device, dtype=self.out_dtype)
+        else:
+            shape, dtype = self.save
+            saved = self._empty(shape, _contiguous(shape), dtype)
+        values, out = self.triton_values(args, saved)
+        for launch in self.launches:
+            launch.through_triton(values)
+        return out, saved
+
+    def triton_values(
+        self, args: Sequence[Any], saved: torch.Tensor | None = None
+    ) -> tuple[list[Any], torch.Tensor]:
         """The run values for `kernel[grid](...)` (tensors, as the interpreter needs
         them), and the output."""
         out = self._out()
@@ -287,7 +308,8 @@ class Plan:
         scratch, counts = self._buffers()
         descs: list[Any] = [descriptor(template, tensors[i]) for i, template in self.descs]
         descs += [None] * (2 - len(descs))
-        return [*tensors, out.view(self.out_2d), scratch, counts, *descs, *args[n:]], out
+        values = [*tensors, out.view(self.out_2d), scratch, counts, *descs, saved, *args[n:]]
+        return values, out
 
     def _run_direct(self, args: Sequence[Any]) -> torch.Tensor:
         if self.simple:
@@ -298,7 +320,7 @@ class Plan:
             (launch,) = self.launches
             n = self.n
             values = [t.data_ptr() for t in args[:n]]
-            values += (out_ptr, None, None, None, None)
+            values += (out_ptr, None, None, None, None, None)
             values += args[n:]
             launch.through_launcher(values, _current_stream(self.index))
             return out
@@ -339,6 +361,7 @@ class Plan:
         for i, template in self.descs:
             values.append(descriptor(template, tensors[i]))
         values += [None] * (2 - len(self.descs))
+        values.append(None)  # (a saving plan runs through run_saving)
         values += args[n:]
         if aligned & 15:
             return None

@@ -24,13 +24,19 @@ wherever the strides allow) and lead the output and every per-row operand. Under
 them, so the GEMM and the output take that dtype; the other operands are read in their
 own dtypes, in fp32, as always.
 
-Gradients are not computed yet: the output never requires grad, in eager and
-compiled code alike (a first call with inputs that require grad warns once).
+**Gradients.** Where grad mode is on and a tensor argument requires grad, a call goes
+through `torch.ops.kgen.<name>_train`, whose autograd formula is registered with
+torch.library: its forward also saves the accumulator (the GEMM's result before the
+epilogue, in x's dtype, or nothing where the derivative needs none), and its backward
+(`torch.ops.kgen.<name>_backward`) runs the generated backward kernel (dz and the
+operands' gradients, kgen/lower/backward.py) and the two GEMMs dx = dz W, dW = dz^T x
+(cuBLAS, through torch). A spec with an op that has no derivative rule yet runs
+forward as usual and raises at backward, naming the op.
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -39,7 +45,18 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kgen import configs
 from kgen.runtime import checks, devices, launch, rowplan
-from kgen.runtime.launch import COUNTS, DESC0, DESC1, FLOATS, OUT, SCRATCH, Launch, Plan, _layout
+from kgen.runtime.launch import (
+    COUNTS,
+    DESC0,
+    DESC1,
+    FLOATS,
+    OUT,
+    SAVE,
+    SCRATCH,
+    Launch,
+    Plan,
+    _layout,
+)
 from kgen.runtime.rowplan import RowOp
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # tensor types the lean path takes
@@ -47,6 +64,7 @@ _PLANS_MAX = 4096  # plans kept per op; more layouts than this start afresh
 
 _C = torch._C
 _is_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
 _any_autocast: Any = getattr(_C, "_is_any_autocast_enabled", None)
 _functorch_active: Any = getattr(_C, "_are_functorch_transforms_active", lambda: False)
 
@@ -63,7 +81,7 @@ def _untraced() -> bool:
     )
 
 
-__all__ = ["GemmOp", "RowOp", "Rows"]
+__all__ = ["Backward", "GemmOp", "RowOp", "Rows"]
 
 
 class Rows(NamedTuple):
@@ -79,6 +97,21 @@ class Rows(NamedTuple):
     pool: int
 
 
+class Backward(NamedTuple):
+    """A kernel's backward (kgen/lower/backward.py): its kernel, the tensor operands that
+    get a gradient from it (the others' is zero), whether it reads the accumulator the
+    forward saves, and whether it needs whole rows."""
+
+    kernel: Any
+    grads: tuple[str, ...]
+    saves: bool
+    rows: bool
+
+
+_BACKWARD_ELEMENTS = 4096  # a backward program's tile: BLOCK_M * BLOCK_N elements at most
+_BACKWARD_BLOCK = (32, 128)  # (BLOCK_M, BLOCK_N) without row operations
+
+
 # The operators, defined with torch.library's low-level API: through the dispatcher, a
 # call of one cost 5.8 us more than its implementation alone on a 2-core CI-class CPU,
 # against 19.4 us for the same operator made with `torch.library.custom_op`, whose
@@ -90,11 +123,20 @@ _LIBRARY = torch.library.Library("kgen", "FRAGMENT")  # type: ignore[no-untyped-
 _OPERATORS: set[str] = set()
 
 
-def _register(name: str, schema: str, impl: Any, fake: Any) -> Any:
+def _opname(name: str) -> str:
+    """A name for a module's operators: `name` (or `name_<n>`) such that it and its
+    `_train` and `_backward` variants are all free."""
     opname, n = name, 1
-    while opname in _OPERATORS or hasattr(torch.ops.kgen, opname):
+    while any(
+        o in _OPERATORS or hasattr(torch.ops.kgen, o)
+        for o in (opname, f"{opname}_train", f"{opname}_backward")
+    ):
         n += 1
         opname = f"{name}_{n}"
+    return opname
+
+
+def _register(opname: str, schema: str, impl: Any, fake: Any) -> Any:
     _OPERATORS.add(opname)
     _LIBRARY.define(opname + schema)  # type: ignore[no-untyped-call]
     _LIBRARY.impl(opname, impl, "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
@@ -119,6 +161,8 @@ class GemmOp:
         floats: tuple[tuple[str, float | None], ...] = (),
         out_dtype: torch.dtype | None = None,
         rows: Rows | None = None,
+        backward: Backward | None = None,
+        no_backward: str = "",
         tuning_file: str | None = None,
     ) -> None:
         self.name = name
@@ -133,9 +177,30 @@ class GemmOp:
         self.floats = floats
         self.tuning: dict[str, Any] = devices.load_tuning(tuning_file) if tuning_file else {}
         self.plans: dict[tuple[Any, ...], Plan] = {}
-        self._warned = False
+        self.train_plans: dict[tuple[Any, ...], Plan] = {}
+        self.backward = backward
+        self.no_backward = no_backward  # why there is none: the op without a rule
         args = [f"Tensor {o[0]}" for o in self.operands] + [f"float {f[0]}" for f in floats]
-        self.operator = _register(name, f"({', '.join(args)}) -> Tensor", self.eager, self.fake)
+        opname = _opname(name)
+        self.operator = _register(opname, f"({', '.join(args)}) -> Tensor", self.eager, self.fake)
+        self.train_operator = _register(
+            f"{opname}_train",
+            f"({', '.join(args)}) -> (Tensor, Tensor)",
+            self.train,
+            self.train_fake,
+        )
+        self.backward_operator = _register(
+            f"{opname}_backward",
+            f"(Tensor dout, Tensor saved, {', '.join(args)}, bool[] needs) -> Tensor[]",
+            self.gradients,
+            self.gradients_fake,
+        )
+        torch.library.register_autograd(
+            f"kgen::{opname}_train",
+            self._autograd_backward,
+            setup_context=self._autograd_setup,
+            lib=_LIBRARY,
+        )
 
     # -- the call ---------------------------------------------------------------
 
@@ -151,6 +216,10 @@ class GemmOp:
             or (_any_autocast() if _any_autocast is not None else True)
         ):
             n = self.n
+            if _grad_enabled():
+                for t in args[:n]:
+                    if getattr(t, "requires_grad", False):
+                        return self.call(*args)
             try:
                 plan = self.plans[tuple(map(_layout, args[:n]))]  # launch.layout_key
             except Exception:  # a new layout, or an argument that is no tensor
@@ -175,12 +244,12 @@ class GemmOp:
             if torch.is_autocast_enabled(where):
                 dtype = torch.get_autocast_dtype(where)
                 tensors[0], tensors[1] = _autocast(x, dtype), _autocast(weight, dtype)
-            if all(isinstance(t, torch.Tensor) for t in tensors) and not (
-                _untraced() and all(type(t) in _PLAIN for t in tensors)
-            ):
-                # no gradients yet: the operator's inputs are detached, as the lean
-                # path's output is
-                return self.operator(*(t.detach() for t in tensors), *floats)  # type: ignore[no-any-return]
+            if all(isinstance(t, torch.Tensor) for t in tensors):
+                if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+                    out, _ = self.train_operator(*tensors, *floats)
+                    return out  # type: ignore[no-any-return]
+                if not (_untraced() and all(type(t) in _PLAIN for t in tensors)):
+                    return self.operator(*tensors, *floats)  # type: ignore[no-any-return]
         return self.eager(*tensors, *floats)
 
     def eager(self, *args: Any) -> torch.Tensor:
@@ -206,6 +275,145 @@ class GemmOp:
         x: torch.Tensor = args[0]
         return x.new_empty(self._out_shape(lead, N), dtype=self.out_dtype or x.dtype)
 
+    # -- training -----------------------------------------------------------------
+
+    def train(self, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `_train` operator: the output, and what the backward needs saved (the
+        accumulator, or an empty tensor)."""
+        n = self.n
+        try:
+            key: tuple[Any, ...] | None = launch.layout_key(args[:n])
+        except Exception:
+            key = None
+        plan = None if key is None else self.train_plans.get(key)
+        if plan is None:
+            plan = self.plan(*args, save=True)
+            if key is not None:
+                if len(self.train_plans) >= _PLANS_MAX:
+                    self.train_plans.clear()
+                self.train_plans[key] = plan
+        return plan.run_saving(args)
+
+    def train_fake(self, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.fake(*args)
+        x, weight = args[0], args[1]
+        if self.backward is None or not self.backward.saves:
+            return out, x.new_empty(0, dtype=out.dtype)
+        M = math.prod(x.shape[:-1])
+        N = weight.shape[0] if self.linear else weight.shape[1]
+        return out, x.new_empty((M, N))
+
+    def _autograd_setup(self, ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        n = self.n
+        ctx.save_for_backward(*inputs[:n], output[1])
+        ctx.floats = inputs[n:]
+
+    def _autograd_backward(self, ctx: Any, dout: torch.Tensor, _: Any) -> tuple[Any, ...]:
+        *tensors, saved = ctx.saved_tensors
+        needs = list(ctx.needs_input_grad[: self.n])
+        if self.backward is None:
+            raise NotImplementedError(
+                f"kgen: {self.name} has no gradient: {self.no_backward} (kgen.derive; "
+                "call the module under torch.no_grad() where no gradient is wanted)"
+            )
+        grads = self.backward_operator(dout, saved, *tensors, *ctx.floats, needs)
+        return (
+            *(g if need else None for g, need in zip(grads, needs, strict=True)),
+            *(None for _ in ctx.floats),
+        )
+
+    def gradients(self, dout: torch.Tensor, saved: torch.Tensor, *args: Any) -> list[torch.Tensor]:
+        """The `_backward` operator: the gradients of the call's tensors (x, weight,
+        then the operands; an empty tensor for those `needs` leaves out)."""
+        backward = self.backward
+        assert backward is not None
+        n = self.n
+        tensors, floats, needs = list(args[:n]), args[n:-1], args[-1]
+        x, weight = tensors[0], tensors[1]
+        K = x.shape[-1]
+        lead = tuple(x.shape[:-1])
+        N = weight.shape[0] if self.linear else weight.shape[1]
+        views = self._views(tuple(tensors), lead, N)
+        M = math.prod(lead)
+        x2 = x.reshape(M, K)
+        rows = self.rows is not None and self.rows.columns != "N"
+        g = dout.reshape(M) if rows else dout.reshape(M, -1)
+        if backward.rows:
+            block_n = triton.next_power_of_2(max(N, 1))
+            block_m = max(1, min(_BACKWARD_BLOCK[0], _BACKWARD_ELEMENTS // block_n))
+        else:
+            block_m, block_n = _BACKWARD_BLOCK
+        grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+        dz = torch.empty((M, N), device=x.device, dtype=x.dtype)
+        kwargs: dict[str, Any] = {
+            "_dout_ptr": g,
+            "_saved_ptr": saved if saved.numel() else dz,
+            "_dz_ptr": dz,
+            "M": M,
+            "N": N,
+            "BLOCK_M": block_m,
+            "BLOCK_N": block_n,
+        }
+        if rows:
+            kwargs["stride__dout_m"] = g.stride(0)
+        else:
+            kwargs["stride__dout_m"], kwargs["stride__dout_n"] = g.stride()
+        partials: dict[str, torch.Tensor] = {}
+        for (name, kind, _), t in zip(self.operands[2:], views[2:], strict=True):
+            kwargs[f"{name}_ptr"] = t
+            if kind == "tile":
+                kwargs[f"stride_{name}_m"], kwargs[f"stride_{name}_n"] = t.stride()
+            elif kind == "col":
+                kwargs[f"stride_{name}_n"] = t.stride(0)
+            elif kind == "row":
+                kwargs[f"stride_{name}_m"] = t.stride(0)
+            if name in backward.grads:
+                shape = {
+                    "tile": (M, N),
+                    "col": (grid[0], N),
+                    "row": (grid[1], M),
+                    "scalar": (grid[0] * grid[1],),
+                }[kind]
+                partials[name] = torch.empty(shape, device=x.device, dtype=torch.float32)
+                kwargs[f"_grad_{name}_ptr"] = partials[name]
+        for (name, _), value in zip(self.floats, floats, strict=True):
+            kwargs[name] = value
+        kwargs["WIDE"] = devices.wide(*views, g) or M * N >= 2**31 - 1
+        if M * N:
+            backward.kernel[grid](**kwargs)
+        else:
+            dz.zero_()
+        grads: list[torch.Tensor] = []
+        empty = x.new_empty(0)
+        if needs[0]:
+            dx = dz @ weight if self.linear else dz @ weight.T
+            grads.append(dx.reshape(x.shape))
+        else:
+            grads.append(empty)
+        if needs[1]:
+            grads.append(dz.T @ x2 if self.linear else x2.T @ dz)
+        else:
+            grads.append(empty)
+        for i, ((name, kind, _), t) in enumerate(zip(self.operands[2:], tensors[2:], strict=True)):
+            if not needs[2 + i]:
+                grads.append(empty)
+            elif name not in partials:
+                grads.append(torch.zeros_like(t))
+            else:
+                part = partials[name]
+                total = part if kind == "tile" else part.sum(0)
+                grads.append(total.reshape(t.shape).to(t.dtype))
+        return grads
+
+    def gradients_fake(
+        self, dout: torch.Tensor, saved: torch.Tensor, *args: Any
+    ) -> list[torch.Tensor]:
+        needs = args[-1]
+        return [
+            t.new_empty(t.shape) if need else t.new_empty(0)
+            for t, need in zip(args[: self.n], needs, strict=True)
+        ]
+
     # -- plans ------------------------------------------------------------------
 
     def _check(self, args: tuple[Any, ...]) -> tuple[tuple[int, ...], int]:
@@ -227,29 +435,26 @@ class GemmOp:
             return (*lead, N // rows.pool)
         return (*lead, 1) if rows.columns == "1" else lead
 
-    def plan(self, *args: Any, config: configs.Config | None = None, tma: bool = True) -> Plan:
+    def plan(
+        self,
+        *args: Any,
+        config: configs.Config | None = None,
+        tma: bool = True,
+        save: bool = False,
+    ) -> Plan:
         """Check a call's arguments and plan its launches, with `config` or else the
         configuration chosen for its shape (the tuning file, else the heuristic);
-        `tma=False` keeps to the pointer mainloop."""
+        `tma=False` keeps to the pointer mainloop; `save`: a training forward, which
+        saves the accumulator (where the backward reads it)."""
         lead, N = self._check(args)
-        if (
-            not self._warned
-            and torch.is_grad_enabled()
-            and any(t.requires_grad for t in args[: self.n])
-        ):
-            self._warned = True
-            warnings.warn(
-                f"kgen: {self.name} does not compute gradients yet; its output does not "
-                "require grad (call it under torch.no_grad() to silence this)",
-                stacklevel=5,
-            )
         views = self._views(args, lead, N)
         x, weight = views[0], views[1]
         M, K = x.shape
         tma = tma and devices.tma_ready(x, weight)
         if config is None:
             config = self.choose(M, N, K, x.dtype, tma, x.device)
-        return self._plan(config, tma, args, views, lead, N)
+        save = save and self.backward is not None and self.backward.saves
+        return self._plan(config, tma, args, views, lead, N, save)
 
     def _views(self, args: tuple[Any, ...], lead: tuple[int, ...], N: int) -> list[torch.Tensor]:
         """The tensors as the kernel sees them: x [M, K], [M, N] operands [M, N], [M]
@@ -285,6 +490,7 @@ class GemmOp:
         views: list[torch.Tensor],
         lead: tuple[int, ...],
         N: int,
+        save: bool = False,
     ) -> Plan:
         n = self.n
         x, weight = views[0], views[1]
@@ -302,6 +508,7 @@ class GemmOp:
             "out_shape": out_shape,
             "out_2d": (M, W),
             "out_dtype": self.out_dtype or x.dtype,
+            "save": ((M, N), x.dtype) if save else None,
         }
         if M * W == 0 or (self.rows is None and N == 0):
             return Plan(**common)  # type: ignore[arg-type]
@@ -310,6 +517,7 @@ class GemmOp:
         slots = {f"{name}_ptr": i for i, (name, _, _) in enumerate(self.operands)}
         slots.update({name: n + FLOATS + j for j, (name, _) in enumerate(self.floats)})
         slots["out_ptr"] = n + OUT
+        slots["save_ptr"] = n + SAVE if save else n + OUT  # (unused unless SAVE)
         values: dict[str, Any] = {"M": M, "N": N, "K": K}
         values["stride_xm"], values["stride_xk"] = x.stride(0), x.stride(1)
         values["stride_wk"], values["stride_wn"] = (
@@ -324,7 +532,7 @@ class GemmOp:
             elif kind == "row":
                 values[f"stride_{name}_m"] = t.stride(0)
         scratch: tuple[tuple[int, ...], torch.dtype] | None
-        wide = devices.wide(*views) or (M - 1) * W + W - 1 >= 2**31 - 1
+        wide = devices.wide(*views) or M * (N if save else W) - 1 >= 2**31 - 1
 
         block_m, block_n, block_k, group_m, num_warps, num_stages, loop, split_k = config
         facts = devices.device(where)
@@ -369,6 +577,7 @@ class GemmOp:
             FLATTEN=loop == "persistent",
             WIDE=wide,
             UPCAST_DOT=devices.INTERPRET,
+            SAVE=save,
         )
         options = {"num_warps": num_warps, "num_stages": num_stages}
         if row_plan is None:

@@ -1,0 +1,305 @@
+"""Gradients: the derivative pass (kgen.derive) and the generated backward, against
+torch.autograd of the float64 oracle (kgen.reference) and finite differences.
+
+Three levels, each independent of the next:
+1. the backward IR evaluated with the ops' references, against autograd of the
+   forward reference, for every spec and random chains (no Triton: fast, float64);
+2. the backward IR, as an autograd.Function, against finite differences
+   (`torch.autograd.gradcheck` in float64);
+3. the generated modules' gradients (the saved accumulator, the backward kernel, the
+   GEMMs) against the oracle, within kgen.testing's gradient bound, with `[*, K]`
+   inputs, under autocast, torch.compile(fullgraph=True), no_grad and checkpointing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import DEVICES, SPECS, build_and_import, committed
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
+from strategies import random_specs
+
+from kgen import reference, testing
+from kgen.build import compile_spec
+from kgen.derive import ACC, COUNT, DOUT, NotDifferentiable, derive
+from kgen.ir import Kernel, Kind, Role
+from kgen.tune import Shape, inputs
+
+NAMES = [p.stem for p in SPECS]
+NOT_DIFFERENTIABLE = {"linear_groupnorm_swish": "groupnorm", "row_pools": "maxpool"}
+DIFFERENTIABLE = [n for n in NAMES if n not in NOT_DIFFERENTIABLE]
+
+
+def _columns(kernel: Kernel, N: int) -> int:
+    """A column count the kernel's row operations accept (groupnorm's groups)."""
+    groups = max((i.size for i in kernel.row_ops if i.op == "groupnorm"), default=1)
+    return max(N // groups, 1) * groups
+
+
+def _operands(kernel: Kernel, M: int, N: int, generator: torch.Generator) -> dict:
+    values: dict = {}
+    for o in kernel.operands:
+        if o.role is Role.FLOAT:
+            values[o.name] = float(o.default) if o.default is not None else 0.75
+            continue
+        shape = {Kind.TILE: (M, N), Kind.COL: (N // o.pool,), Kind.ROW: (M,), Kind.SCALAR: ()}
+        values[o.name] = torch.randn(shape[o.kind], dtype=torch.float64, generator=generator)
+    return values
+
+
+def _backward_ir(kernel: Kernel, acc, operands: dict, dout) -> list[torch.Tensor]:
+    """The gradients (acc's, then each tensor operand's) by evaluating the backward IR
+    with the ops' references, summed as the backward kernel sums them."""
+    backward = derive(kernel)
+    M, N = acc.shape
+    values = dict(operands)
+    values[DOUT] = dout.reshape(M, -1)
+    values[COUNT] = float(N)
+    traced = reference.trace(backward.kernel, acc, values)
+    grads = []
+    for name, index in backward.grads:
+        kind = Kind.TILE if name == ACC else kernel.operand(name).kind
+        like = acc if name == ACC else operands[name]
+        if index is None:
+            grads.append(torch.zeros_like(like))
+            continue
+        g = torch.as_tensor(traced[index], dtype=acc.dtype)
+        g = g.reshape(1, 1) if g.dim() < 2 else g
+        if g.shape[0] > 1 and kind in (Kind.COL, Kind.SCALAR):
+            g = g.sum(0, keepdim=True)
+        if g.shape[1] > 1 and kind in (Kind.ROW, Kind.SCALAR):
+            g = g.sum(1, keepdim=True)
+        full = {Kind.TILE: (M, N), Kind.COL: (1, N), Kind.ROW: (M, 1), Kind.SCALAR: (1, 1)}
+        grads.append(g.expand(full[kind]).reshape(like.shape))
+    return grads
+
+
+def _check_ir(kernel: Kernel, M: int, N: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    acc = torch.randn(M, N, dtype=torch.float64, generator=generator)
+    operands = _operands(kernel, M, N, generator)
+    tensors = [o.name for o in kernel.operands if o.role.is_tensor]
+    leaves = [acc.clone().requires_grad_()] + [
+        operands[n].clone().requires_grad_() for n in tensors
+    ]
+    with_grad = dict(operands, **dict(zip(tensors, leaves[1:], strict=True)))
+    out = reference.epilogue(kernel, leaves[0], with_grad)
+    dout = torch.randn(out.shape, dtype=torch.float64, generator=generator)
+    exact = torch.autograd.grad(out, leaves, dout, allow_unused=True)
+    got = _backward_ir(kernel, acc, operands, dout)
+    for name, g, e in zip([ACC, *tensors], got, exact, strict=True):
+        e = torch.zeros_like(g) if e is None else e
+        finite = torch.isfinite(e) & torch.isfinite(out).all()
+        # float64 throughout, but the rules' constants are fp32 values, as every
+        # constant of the IR is (selu's 1.0507009873554805 is 1.0507010221481323): a
+        # few fp32 units (2^-24) of the largest gradient apart; where autograd has no
+        # finite derivative (sqrt at 0) there is nothing to compare; and float64's own
+        # rounding where terms cancel (s / s has the gradient 1 / s - s / s^2 = 0)
+        scale = float(torch.where(finite, e.abs(), 0.0).max()) if e.numel() else 0.0
+        error = torch.where(finite, (g - e).abs(), 0.0)
+        assert not bool((finite & ~torch.isfinite(g)).any()), (name, g, e)
+        floor = 1e-12 * float(dout.abs().max())
+        assert float(error.max()) <= 16 * 2.0**-24 * scale + floor, (
+            name,
+            float(error.max()),
+            scale,
+            g,
+            e,
+        )
+
+
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
+def test_the_backward_ir_of_every_spec_matches_autograd(name: str) -> None:
+    kernel = committed(name)[0].kernel
+    for seed, (M, N) in enumerate([(5, 12), (1, 7), (3, 1)]):
+        _check_ir(kernel, M, _columns(kernel, N), seed)
+
+
+@given(spec=random_specs(), seed=st.integers(0, 2**16), M=st.integers(1, 6), N=st.integers(1, 9))
+def test_the_backward_ir_of_random_chains_matches_autograd(
+    spec: str, seed: int, M: int, N: int
+) -> None:
+    note(spec)
+    kernel = compile_spec(spec, "chain.fuse").kernel
+    try:
+        derive(kernel)
+    except NotDifferentiable as error:
+        assert error.op in ("groupnorm", "avgpool", "maxpool"), error
+        return
+    _check_ir(kernel, M, _columns(kernel, N), seed)
+
+
+def test_ops_without_rules_are_named() -> None:
+    for name, op in NOT_DIFFERENTIABLE.items():
+        with pytest.raises(NotDifferentiable) as caught:
+            derive(committed(name)[0].kernel)
+        assert caught.value.op == op
+
+
+class _Derived(torch.autograd.Function):
+    """The forward reference, with the backward IR as its backward: for gradcheck."""
+
+    @staticmethod
+    def forward(ctx, kernel, floats, acc, *tensors):  # type: ignore[no-untyped-def]
+        ctx.kernel, ctx.floats = kernel, floats
+        ctx.save_for_backward(acc, *tensors)
+        names = [o.name for o in kernel.operands if o.role.is_tensor]
+        return reference.epilogue(
+            kernel, acc, dict(floats, **dict(zip(names, tensors, strict=True)))
+        )
+
+    @staticmethod
+    def backward(ctx, dout):  # type: ignore[no-untyped-def]
+        acc, *tensors = ctx.saved_tensors
+        names = [o.name for o in ctx.kernel.operands if o.role.is_tensor]
+        operands = dict(ctx.floats, **dict(zip(names, tensors, strict=True)))
+        return None, None, *_backward_ir(ctx.kernel, acc, operands, dout)
+
+
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
+def test_the_backward_ir_passes_gradcheck(name: str) -> None:
+    """The derivative rules against finite differences, in float64 (max-type row ops
+    are not differentiable at ties, which random inputs do not hit)."""
+    kernel = committed(name)[0].kernel
+    generator = torch.Generator().manual_seed(7)
+    M, N = 3, _columns(kernel, 5)
+    acc = torch.randn(M, N, dtype=torch.float64, generator=generator).requires_grad_()
+    operands = _operands(kernel, M, N, generator)
+    floats = {k: v for k, v in operands.items() if not isinstance(v, torch.Tensor)}
+    tensors = [operands[o.name].requires_grad_() for o in kernel.operands if o.role.is_tensor]
+    assert torch.autograd.gradcheck(
+        lambda a, *t: _Derived.apply(kernel, floats, a, *t), (acc, *tensors), atol=1e-6
+    )
+
+
+# ---------------------------------------------------------------------------
+# The generated modules
+
+
+def _grads(module, kernel: Kernel, args, floats, dout=None):
+    leaves = [a.detach().clone().requires_grad_() for a in args]
+    out = getattr(module, kernel.name)(*leaves, **floats)
+    if dout is None:
+        dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves, dout, allow_unused=True)
+    return (
+        out,
+        dout,
+        [torch.zeros_like(a) if g is None else g for g, a in zip(grads, leaves, strict=True)],
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
+@given(data=st.data())
+@settings(max_examples=6)
+def test_module_gradients_match_the_oracle(name: str, device: str, data: st.DataObject) -> None:
+    compiled, module = committed(name)
+    kernel = compiled.kernel
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+    M = data.draw(st.integers(1, 40), label="M")
+    N = _columns(kernel, data.draw(st.integers(1, 80), label="N"))
+    K = data.draw(st.integers(1, 48), label="K")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    args, floats = inputs(kernel, Shape(M, N, K), dtype, device=device, seed=seed)
+    lead = data.draw(st.sampled_from([(M,), (1, M)]), label="leading shape")
+    if len(lead) > 1 and not kernel.tensors:
+        args = [args[0].reshape(*lead, K), *args[1:]]
+    _, dout, grads = _grads(module, kernel, args, floats)
+    testing.assert_gradients_match(kernel, grads, args, dout, **floats)
+
+
+def test_gradients_reach_leading_dimensions_and_operands(tmp_path) -> None:
+    """[*, K] inputs with [*, N] and [*] operands: every gradient has its tensor's
+    shape and matches the oracle."""
+    spec = "input r: [M, N]\ninput s: [M]\nparam v: vector[N]\nepilogue: bias; mul(s); add(v); residual(r); silu\n"
+    compiled, module = build_and_import(spec, tmp_path, "lead.fuse")
+    kernel = compiled.kernel
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 8, generator=generator)
+    weight, bias = torch.randn(5, 8, generator=generator), torch.randn(5, generator=generator)
+    r, s = torch.randn(2, 3, 5, generator=generator), torch.randn(2, 3, generator=generator)
+    v = torch.randn(5, generator=generator)
+    args = [x, weight, bias, v, r, s]
+    _, dout, grads = _grads(module, kernel, args, {})
+    assert [g.shape for g in grads] == [a.shape for a in args]
+    flat = [x.reshape(6, 8), weight, bias, v, r.reshape(6, 5), s.reshape(6)]
+    flat_grads = [grads[0].reshape(6, 8), *grads[1:4], grads[4].reshape(6, 5), grads[5].reshape(6)]
+    testing.assert_gradients_match(kernel, flat_grads, flat, dout.reshape(6, 5))
+
+
+def test_module_training_matches_eager_pytorch_and_compiles_without_graph_breaks() -> None:
+    """ModelNew in a training step: the parameters' gradients are PyTorch's (the same
+    nn.Linear initialisation), eagerly and under torch.compile(fullgraph=True)."""
+    _, module = committed("gemm_sigmoid_residual")
+    torch.manual_seed(0)
+    model = module.ModelNew(16, 24, 2.0)
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 24)
+    x = torch.randn(2, 5, 16)
+
+    def step(m, f):  # type: ignore[no-untyped-def]
+        for p in m.parameters():
+            p.grad = None
+        y = f(x)
+        y.square().mean().backward()
+        return [p.grad.clone() for p in m.parameters()]
+
+    def plain(t):  # type: ignore[no-untyped-def]
+        z = linear(t)
+        return z + 2.0 * torch.sigmoid(z)
+
+    want = step(linear, plain)
+    got = step(model, model)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    for g, w in zip(step(model, compiled), want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    explained = torch._dynamo.explain(lambda t: model(t).sum())(x)
+    assert explained.graph_break_count == 0
+
+
+def test_no_grad_saves_nothing_and_checkpointing_works() -> None:
+    _, module = committed("linear_gelu")
+    torch.manual_seed(1)
+    model = module.ModelNew(8, 12)
+    x = torch.randn(4, 8, requires_grad=True)
+    module._OP.train_plans.clear()
+    with torch.no_grad():
+        out = model(x)
+    assert not out.requires_grad and out.grad_fn is None
+    assert not module._OP.train_plans  # the saving kernel was not planned: nothing saved
+    y = torch.utils.checkpoint.checkpoint(model, x, use_reentrant=False)
+    y.sum().backward()
+    want = torch.autograd.grad(
+        torch.nn.functional.gelu(torch.nn.functional.linear(x, model.weight, model.bias)).sum(), x
+    )[0]
+    torch.testing.assert_close(x.grad, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_spec_without_a_rule_runs_forward_and_names_the_op_at_backward() -> None:
+    _, module = committed("row_pools")
+    model = module.ModelNew(8, 12)
+    out = model(torch.randn(3, 8))
+    assert out.requires_grad
+    with pytest.raises(NotImplementedError, match=r"maxpool \(row_pools.fuse:2:17\)"):
+        out.sum().backward()
+
+
+def test_under_autocast_gradients_reach_fp32_parameters() -> None:
+    _, module = committed("linear_gelu")
+    torch.manual_seed(2)
+    model = module.ModelNew(16, 8)
+    x = torch.randn(6, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert model.weight.grad is not None and model.weight.grad.dtype == torch.float32
+    want = torch.autograd.grad(
+        torch.nn.functional.gelu(torch.nn.functional.linear(x, model.weight, model.bias)).sum(),
+        model.weight,
+    )[0]
+    torch.testing.assert_close(model.weight.grad, want, rtol=3e-2, atol=3e-2)
