@@ -312,6 +312,9 @@ def run_case(
     x = inputs[0]
     tma = devices.tma_ready(x.reshape(-1, x.shape[-1]), ours.weight)
     row.config = list(ours_op(built).choose(M, N, K, dtype, tma, x.device))
+    if dtype_name == "float32":
+        row.notes.append(f"eager allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
+        row.notes.append(f"kgen precision {kernel.precision}")
     if timer is None:
         return row
     with torch.no_grad():
@@ -354,7 +357,14 @@ def _f(value: float | None, spec: str) -> str:
 
 
 def tables(rows: list[Row]) -> str:
+    where = rows[0].device if rows else ""
     lines = [
+        f"KernelBench level 2 on {where} (run {rows[0].run if rows else ''}): GPU medians "
+        "(kgen.tune.median_ms), eager = the problem's Model; epilogue share = (eager - "
+        "GEMM) / eager, GEMM = F.linear alone; target: 1.0 (share < 10 %), else 1.10; "
+        "fp32 1.5. check: kgen's max error against the float64 Model at most 2x eager's "
+        "(+ one output rounding), or KernelBench's allclose.",
+        "",
         "| # | problem | dtype | M×N×K | eager µs | kgen µs | eager/kgen | tuned | GEMM µs "
         "| epilogue share | target | met | check (err kgen / eager) |",
         "|" + "---|" * 13,
