@@ -6,6 +6,7 @@
     kgen check FILE...                   verify Triton modules (kgen/check.py has the rules)
     kgen tune SPEC... --shapes MxNxK,... [--dtypes ...]   GPU: record the fastest configs
     kgen bench SPEC... --shapes MxNxK,... [--dtypes ...]  GPU: kgen vs cuBLAS, eager, compile
+    kgen bench --ops [--row-ops] [--shapes ...] [--dtypes ...]  GPU: each op's cost
 
 Exit status: 0 success, 1 errors in a spec (or stale modules, or check findings), 2 usage.
 Errors print as `FILE:LINE:COL: error: message`, the line and a caret; check findings as
@@ -63,12 +64,26 @@ def _parser() -> argparse.ArgumentParser:
         ("bench", "time kgen against torch.mm, eager PyTorch and torch.compile on this GPU"),
     ):
         g = commands.add_parser(name, help=help_)
-        g.add_argument("specs", nargs="+", type=Path, metavar="SPEC", help=".fuse files")
+        bench = name == "bench"
         g.add_argument(
-            "--shapes", required=True, metavar="MxNxK,...", help="e.g. 2048x8192x8192,128x512x1024"
+            "specs",
+            nargs="*" if bench else "+",
+            type=Path,
+            metavar="SPEC",
+            help=".fuse files" + (" (none with --ops)" if bench else ""),
         )
         g.add_argument(
-            "--dtypes", default="float16", metavar="DTYPE,...", help="float16, bfloat16, float32"
+            "--shapes",
+            required=not bench,
+            metavar="MxNxK,...",
+            help="e.g. 2048x8192x8192,128x512x1024" + (" (--ops: 1024x8192x8192)" if bench else ""),
+        )
+        g.add_argument(
+            "--dtypes",
+            default=None if bench else "float16",
+            metavar="DTYPE,...",
+            help="float16, bfloat16, float32 (default: float16"
+            + ("; --ops: float16,bfloat16)" if bench else ")"),
         )
         g.add_argument(
             "-o",
@@ -85,7 +100,30 @@ def _parser() -> argparse.ArgumentParser:
                 type=Path,
                 default=None,
                 metavar="JSON",
-                help="append rows here (default: bench/results/<gpu>.json) and plot beside it",
+                help="append rows here (default: bench/results/<gpu>.json) and plot beside it; "
+                "--ops: JSON lines (default: bench/results/<gpu>-ops.jsonl), table beside it (.md)",
+            )
+            o = g.add_argument_group("op costs (kgen/opbench.py)")
+            o.add_argument(
+                "--ops",
+                action="store_true",
+                help="time each epilogue op of the registry, once and four times after the "
+                "GEMM, against the identity epilogue (no SPEC)",
+            )
+            o.add_argument("--row-ops", action="store_true", help="--ops: the row operations too")
+            o.add_argument("--only", metavar="OP,...", help="--ops: these ops only")
+            o.add_argument(
+                "--workers",
+                type=int,
+                default=None,
+                metavar="N",
+                help="--ops: processes compiling in parallel (default: min(16, CPUs); 0: none)",
+            )
+            o.add_argument(
+                "--quick",
+                action="store_true",
+                help="--ops: a smoke run, 32x64x64 unless --shapes says "
+                "otherwise, few timing runs; with TRITON_INTERPRET=1 on the CPU",
             )
 
     c = commands.add_parser("check", help="statically verify Triton modules")
@@ -176,20 +214,13 @@ def _gpu_cases(
     must be current (what `kgen build` writes), and a CUDA GPU present."""
     import torch
 
-    from kgen.tune import DTYPES, Shape
+    from kgen.tune import DTYPES
 
-    try:
-        shapes = [Shape.parse(s) for s in args.shapes.split(",") if s]
-    except ValueError as error:
-        parser.error(str(error))
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    if not shapes:
-        parser.error("--shapes names no shape (e.g. 2048x8192x8192)")
-    if not dtypes:
-        parser.error("--dtypes names no dtype (float16, bfloat16, float32)")
-    for d in dtypes:
-        if d not in DTYPES:
-            parser.error(f"unknown dtype {d!r}: choose from {', '.join(DTYPES)}")
+    if not args.specs:
+        parser.error("the following arguments are required: SPEC")
+    if args.shapes is None:
+        parser.error("the following arguments are required: --shapes")
+    shapes, dtypes = _shapes_dtypes(args, parser, "float16")
     if not torch.cuda.is_available():
         print(f"kgen {args.command}: needs a CUDA GPU; none is visible", file=sys.stderr)
         raise SystemExit(2)
@@ -205,6 +236,27 @@ def _gpu_cases(
         module = import_file(r.output)
         cases.append((r.compiled.kernel, module, shapes, [DTYPES[d] for d in dtypes]))
     return cases
+
+
+def _shapes_dtypes(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, dtypes_default: str
+) -> tuple[list[Any], list[str]]:
+    """--shapes and --dtypes, checked (usage errors exit 2)."""
+    from kgen.tune import DTYPES, Shape
+
+    try:
+        shapes = [Shape.parse(s) for s in args.shapes.split(",") if s]
+    except ValueError as error:
+        parser.error(str(error))
+    dtypes = [d.strip() for d in (args.dtypes or dtypes_default).split(",") if d.strip()]
+    if not shapes:
+        parser.error("--shapes names no shape (e.g. 2048x8192x8192)")
+    if not dtypes:
+        parser.error("--dtypes names no dtype (float16, bfloat16, float32)")
+    for d in dtypes:
+        if d not in DTYPES:
+            parser.error(f"unknown dtype {d!r}: choose from {', '.join(DTYPES)}")
+    return shapes, dtypes
 
 
 # What running one case on the GPU can raise for a user's choice of shape (out of
@@ -252,6 +304,11 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from kgen import bench
 
+    if args.ops:
+        return _bench_ops(args, parser)
+    for flag in ("row_ops", "only", "workers", "quick"):
+        if getattr(args, flag) not in (None, False):
+            parser.error(f"--{flag.replace('_', '-')} goes with --ops")
     cases = _gpu_cases(args, parser)
     gpu = bench.gpu_slug(torch.cuda.get_device_name())
     results = args.results or Path("bench/results") / f"{gpu}.json"
@@ -282,6 +339,60 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
     print(f"rows appended to {results}")
     return 0
+
+
+def _bench_ops(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`kgen bench --ops`: the registry's ops, timed after the GEMM (kgen/opbench.py)."""
+    import torch
+
+    from kgen import bench, opbench
+    from kgen.runtime import devices
+
+    if args.specs:
+        parser.error("--ops times the op registry: give no SPEC")
+    if args.no_compile:
+        parser.error("--no-compile does not go with --ops (it times no torch.compile)")
+    if args.shapes is None:
+        args.shapes = str(opbench.QUICK_SHAPE if args.quick else opbench.DEFAULT_SHAPE)
+    shapes, dtypes = _shapes_dtypes(args, parser, ",".join(opbench.DEFAULT_DTYPES))
+    only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
+    known = {c.op for c in opbench.cases(row_ops=True)}
+    for o in only or ():
+        if o not in known:
+            parser.error(
+                f"--only: {o!r} is no epilogue op (choose from {', '.join(sorted(known))})"
+            )
+    if devices.INTERPRET:
+        device = "cpu"  # a smoke run in Triton's interpreter
+    elif torch.cuda.is_available():
+        device = "cuda"
+    else:
+        print(
+            "kgen bench --ops: needs a CUDA GPU (or TRITON_INTERPRET=1 for a smoke run on "
+            "the CPU); none is visible",
+            file=sys.stderr,
+        )
+        return 2
+    if args.results is not None:
+        results = args.results
+    elif device == "cuda":
+        results = (
+            Path("bench/results") / f"{bench.gpu_slug(torch.cuda.get_device_name())}-ops.jsonl"
+        )
+    else:
+        results = Path("bench/results/interpreter-ops.jsonl")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        rows = opbench.main(
+            shapes, dtypes, device, results, args.row_ops, only, args.workers, args.quick, log
+        )
+    except (*_CASE_ERRORS, ImportError) as error:
+        print(f"kgen bench --ops: {error}", file=sys.stderr)
+        return 1
+    return 1 if any(r.error for r in rows) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
