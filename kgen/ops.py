@@ -76,10 +76,16 @@ class OpDef:
     public: bool = True  # the user may name it
     boolean: bool = False  # the result is a comparison
     # A cheaper lowering whose error is absolute rather than relative: at most
-    # EPILOGUE_ULPS (kgen.testing) fp32 units of max(|result|, 1). Used only where the
+    # `ulps` (below) fp32 units of max(|result|, 1). Used only where the
     # value feeds nothing but softmaxes (`absolute_forms`), with its own helpers.
     absolute: str | None = None
     absolute_helpers: tuple[str, ...] = ()
+    # The op's error bound (LANGUAGE.md, "Accuracy"): its Triton form's result is within
+    # `ulps` units of 2^-24 of the exact op applied to its fp32 arguments, relative (of
+    # max(|result|, 1) in the absolute form), plus what the op's conditioning makes of
+    # its arguments' own rounding. kgen.testing charges each op's value this many units;
+    # tests/test_numerics.py holds every op's form to it over the whole fp32 range.
+    ulps: float = 8.0
 
     @property
     def arg_types(self) -> tuple[ArgType, ...]:
