@@ -24,11 +24,12 @@ import kgen.runtime.op as _runtime
 
 @triton.jit
 def _sigmoid(x):
-    # exp(-|x|) never overflows; for x < 0 use e / (1 + e) so tiny results keep
-    # their relative precision instead of cancelling in 1 - 1 / (1 + e).
+    # e = exp(-|x|) never overflows; 1 / (1 + e) for x >= 0, e / (1 + e) for x < 0, so
+    # tiny results keep their relative precision (not 1 / (1 + e^-x): past x = -88.7,
+    # e^-x is Inf and x * sigmoid(x) would be 0 where it is a normal number). The
+    # numerator is selected before the one division.
     e = tl.exp(-tl.abs(x))
-    r = 1.0 / (1.0 + e)
-    return tl.where(x >= 0.0, r, e * r)
+    return tl.where(x >= 0.0, 1.0, e) / (1.0 + e)
 
 
 @triton.jit
@@ -36,6 +37,14 @@ def _gelu_tanh(x):
     # F.gelu(x, approximate="tanh") = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))),
     # rewritten with 0.5 (1 + tanh(u)) = sigmoid(2 u), which does not cancel for x < 0.
     return x * _sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
+
+
+@triton.jit
+def _silu(x):
+    # x * sigmoid(x) as (x * (1 or e)) / (1 + e), e = exp(-|x|) (see _sigmoid): one
+    # exp, one division. x = -Inf gives -Inf * 0 = NaN, as torch's does.
+    e = tl.exp(-tl.abs(x))
+    return x * tl.where(x >= 0.0, 1.0, e) / (1.0 + e)
 
 
 @triton.jit
@@ -219,7 +228,7 @@ def gated_residual_kernel(
             )[None, :]
             mul_2 = acc * gamma_1
             alpha_3 = tl.load(alpha_ptr).to(tl.float32)
-            silu_4 = mul_2 * _sigmoid(mul_2)
+            silu_4 = _silu(mul_2)
             mul_5 = alpha_3 * silu_4
             sub_7 = 1.0 - alpha_3
             gelu_tanh_8 = _gelu_tanh(mul_2)
@@ -290,7 +299,7 @@ def gated_residual_backward(
     ]
     mul_2 = acc * gamma_1
     alpha_3 = tl.load(alpha_ptr).to(tl.float32)
-    silu_4 = mul_2 * _sigmoid(mul_2)
+    silu_4 = _silu(mul_2)
     mul_5 = alpha_3 * silu_4
     sub_7 = 1.0 - alpha_3
     gelu_tanh_8 = _gelu_tanh(mul_2)

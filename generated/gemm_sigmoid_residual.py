@@ -19,11 +19,12 @@ import kgen.runtime.op as _runtime
 
 @triton.jit
 def _sigmoid(x):
-    # exp(-|x|) never overflows; for x < 0 use e / (1 + e) so tiny results keep
-    # their relative precision instead of cancelling in 1 - 1 / (1 + e).
+    # e = exp(-|x|) never overflows; 1 / (1 + e) for x >= 0, e / (1 + e) for x < 0, so
+    # tiny results keep their relative precision (not 1 / (1 + e^-x): past x = -88.7,
+    # e^-x is Inf and x * sigmoid(x) would be 0 where it is a normal number). The
+    # numerator is selected before the one division.
     e = tl.exp(-tl.abs(x))
-    r = 1.0 / (1.0 + e)
-    return tl.where(x >= 0.0, r, e * r)
+    return tl.where(x >= 0.0, 1.0, e) / (1.0 + e)
 
 
 @triton.jit

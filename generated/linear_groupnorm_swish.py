@@ -17,12 +17,11 @@ import kgen.runtime.op as _runtime
 
 
 @triton.jit
-def _sigmoid(x):
-    # exp(-|x|) never overflows; for x < 0 use e / (1 + e) so tiny results keep
-    # their relative precision instead of cancelling in 1 - 1 / (1 + e).
+def _silu(x):
+    # x * sigmoid(x) as (x * (1 or e)) / (1 + e), e = exp(-|x|) (see _sigmoid): one
+    # exp, one division. x = -Inf gives -Inf * 0 = NaN, as torch's does.
     e = tl.exp(-tl.abs(x))
-    r = 1.0 / (1.0 + e)
-    return tl.where(x >= 0.0, r, e * r)
+    return x * tl.where(x >= 0.0, 1.0, e) / (1.0 + e)
 
 
 @triton.jit
@@ -257,7 +256,7 @@ def linear_groupnorm_swish_kernel(
             groupnorm_0 = (bias_2 - _seg_bcast(mean_0, SEG_0, BLOCK_N)) * _seg_bcast(
                 rstd_0, SEG_0, BLOCK_N
             ) * weight_4 + bias_5
-            silu_7 = groupnorm_0 * _sigmoid(groupnorm_0)
+            silu_7 = _silu(groupnorm_0)
             tl.store(
                 out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on),
                 silu_7.to(out_ptr.dtype.element_ty),
@@ -359,7 +358,7 @@ def linear_groupnorm_swish_finish(
             groupnorm_0 = (tile_relative + (chunk_mean_0 - row_mean_0[:, None])) * row_rstd_0[
                 :, None
             ] * weight_4 + bias_5
-            silu_7 = groupnorm_0 * _sigmoid(groupnorm_0)
+            silu_7 = _silu(groupnorm_0)
             tl.store(
                 out_ptr + (offs_m[:, None] * stride_om + gcol[None, :] * stride_on),
                 silu_7.to(out_ptr.dtype.element_ty),

@@ -23,21 +23,24 @@ own:
    more, which covers a kink between them (abs, sqrt near 0) and what lies between two
    of the points.
 2. **The epilogue's fp32 arithmetic.** A first-order running error bound: every value
-   the epilogue computes or reads may be off by EPILOGUE_ULPS units of fp32 roundoff,
-   relative; each error reaches the output scaled by the derivative of the output
-   with respect to that value. One backward pass of the float64 reference gives all
-   of them for every element: sum_i |d out / d v_i| * |v_i| * EPILOGUE_ULPS * 2^-24,
+   the epilogue computes or reads may be off by its op's bound (`OpDef.ulps`) units of
+   fp32 roundoff, relative (EPILOGUE_ULPS for a value no op computes); each error
+   reaches the output scaled by the derivative of the output with respect to that
+   value. One backward pass of the float64 reference gives all of them for every
+   element: sum_i |d out / d v_i| * |v_i| * ulps_i * 2^-24,
    with |v_i| raised by 2^-125 so that a value among fp32's subnormals, whose
-   rounding is absolute (steps of 2^-149), may be off by EPILOGUE_ULPS such steps.
+   rounding is absolute (steps of 2^-149), may be off by ulps_i such steps.
    Tight (a few ulps) where the epilogue is well conditioned, wide where it amplifies
    rounding (cancellation, exp of a large value); deterministic, no luck involved.
    A value the kernel computes in its op's absolute-error form (`ops.absolute_forms`:
-   GELU feeding a softmax) may be off by EPILOGUE_ULPS units of max(|v_i|, 1) instead,
+   GELU feeding a softmax) may be off by ulps_i units of max(|v_i|, 1) instead,
    as that form promises (tests/test_numerics.py holds it to that).
    One registry op counts as one rounding, but its Triton helper may round several
-   times (mish is softplus, log1p, exp, tanh) and the GPU's exp, log and division are
-   approximate: EPILOGUE_ULPS = 8 covers that; tests/test_numerics.py holds each op
-   to its own bound over the whole fp32 range.
+   times (mish is an exp, three products and sums and a division) and the GPU's exp,
+   log and division are approximate: each op's own bound (`OpDef.ulps`, stated in
+   LANGUAGE.md's "Accuracy"; EPILOGUE_ULPS = 8 for every op today, and for values no
+   op computes) covers that; tests/test_numerics.py holds each op to its bound over
+   the whole fp32 range.
 3. **The store.** Rounding to the output dtype: one unit in its last place (relative,
    OUTPUT_RTOL), and an absolute floor at the scale of its smallest values.
 
@@ -59,7 +62,7 @@ import torch
 from kgen import reference
 from kgen.ir import Instr, Kernel
 from kgen.lower.steps import RowStep, plan_function, steps
-from kgen.ops import FP32_MAX, RowKind, absolute_forms, fp32_range
+from kgen.ops import FP32_MAX, OPS, RowKind, absolute_forms, fp32_range
 
 # Unit roundoff of the GEMM, by what multiplies: 16-bit operands have exact products
 # in fp32, so only fp32 accumulation counts; fp32 operands add the rounding of their
@@ -200,20 +203,29 @@ def error_bound(kernel: Kernel, *args: Any, device: str = "cuda", **floats: Any)
 
 
 def _rounding_scale(absolute: frozenset[int], value: torch.Tensor, instr: Instr) -> torch.Tensor:
-    """What a value's EPILOGUE_ULPS are units of: |v|, or max(|v|, 1) for a value in an
+    """What a value's ulps (`_ulps`) are units of: |v|, or max(|v|, 1) for a value in an
     absolute-error form."""
     size = value.detach().abs()
     return size.clamp(min=1.0) if instr.id in absolute else size
 
 
+def _ulps(instr: Instr) -> float:
+    """How many units of 2^-24 a value may be off: its op's own bound (`OpDef.ulps`,
+    LANGUAGE.md's "Accuracy"), EPILOGUE_ULPS for anything else (loads, constants,
+    row operations' results)."""
+    op = OPS.get(instr.op)
+    return op.ulps if op is not None else EPILOGUE_ULPS
+
+
 def _error_bound(kernel: Kernel, case: _Case) -> torch.Tensor:
     acc = case.acc.clone().requires_grad_(True)
-    terms: list[tuple[torch.Tensor, torch.Tensor]] = []
+    terms: list[tuple[torch.Tensor, torch.Tensor, float]] = []
     absolute = absolute_forms(kernel)
 
     def attach(value: torch.Tensor, instr: Instr) -> torch.Tensor:
         error = torch.zeros_like(acc, requires_grad=True)
-        terms.append((error, _rounding_scale(absolute, value, instr).expand(acc.shape)))
+        scale = _rounding_scale(absolute, value, instr).expand(acc.shape)
+        terms.append((error, scale, _ulps(instr)))
         return value + error
 
     with torch.enable_grad():
@@ -224,13 +236,13 @@ def _error_bound(kernel: Kernel, case: _Case) -> torch.Tensor:
     if acc.grad is not None:
         gemm = (acc.grad.abs() * case.delta).nan_to_num(nan=0.0)
     rounding = torch.zeros_like(case.acc)
-    for error, scale in terms:
+    for error, scale, ulps in terms:
         if error.grad is not None:
             # relative roundoff, and below fp32's normal range the absolute step of
             # its subnormals (2^-149 = 2^-24 * SUBNORMAL_STEP)
             size = scale + SUBNORMAL_STEP
-            rounding += (error.grad.abs() * size).nan_to_num(nan=0.0)
-    return gemm + rounding * EPILOGUE_ULPS * 2.0**-24
+            rounding += (error.grad.abs() * size).nan_to_num(nan=0.0) * ulps
+    return gemm + rounding * 2.0**-24
 
 
 def check(kernel: Kernel, out: torch.Tensor, *args: Any, **floats: Any) -> Mismatch | None:
@@ -459,13 +471,14 @@ class _Stage:
         self, centre: torch.Tensor, radius: torch.Tensor, shape: tuple[int, ...]
     ) -> torch.Tensor:
         start = centre.detach().clone().requires_grad_(True)
-        terms: list[tuple[torch.Tensor, torch.Tensor]] = []
+        terms: list[tuple[torch.Tensor, torch.Tensor, float]] = []
         absolute = absolute_forms(self.kernel)
 
         def attach(value: torch.Tensor, instr: Instr) -> torch.Tensor:
             target = torch.broadcast_shapes(value.shape, shape)  # type: ignore[no-untyped-call]
             error = torch.zeros(target, dtype=value.dtype, device=value.device, requires_grad=True)
-            terms.append((error, _rounding_scale(absolute, value, instr).expand(target)))
+            scale = _rounding_scale(absolute, value, instr).expand(target)
+            terms.append((error, scale, _ulps(instr)))
             return value + error
 
         with torch.enable_grad():
@@ -475,12 +488,9 @@ class _Stage:
         total = torch.zeros(shape, dtype=torch.float64, device=centre.device)
         if start.grad is not None:
             total = total + (start.grad.abs() * radius).nan_to_num(nan=0.0).expand(shape)
-        for error, scale in terms:
+        for error, scale, ulps in terms:
             if error.grad is not None and error.grad.shape == shape:
-                total = (
-                    total
-                    + (error.grad.abs() * scale).nan_to_num(nan=0.0) * EPILOGUE_ULPS * 2.0**-24
-                )
+                total = total + (error.grad.abs() * scale).nan_to_num(nan=0.0) * ulps * 2.0**-24
         return total
 
 

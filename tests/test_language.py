@@ -61,3 +61,16 @@ def test_row_operations_are_documented() -> None:
     section = LANGUAGE.split("## Row operations")[1].split("## Dtypes")[0]
     named = set(re.findall(r"`([a-z_]+)[`(]", section))
     assert not set(ops.ROW_OPS) - named, set(ops.ROW_OPS) - named
+
+
+def test_accuracy_table_states_every_ops_bound() -> None:
+    """LANGUAGE.md's "Accuracy" table gives each op the bound its registry entry holds
+    (OpDef.ulps: what kgen.testing charges and tests/test_numerics.py enforces)."""
+    section = LANGUAGE.split("## Accuracy")[1].split("\n## ")[0]
+    stated: dict[str, float] = {}
+    for names, bound in re.findall(r"^\| ((?:`[a-z_0-9]+` ?)+) \| ([0-9.]+) \|$", section, re.M):
+        for name in re.findall(r"`([a-z_0-9]+)`", names):
+            stated[name] = float(bound)
+    public = {name: ops.OPS[name] for name in ops.OPS if ops.OPS[name].public}
+    assert set(stated) == set(public)
+    assert all(stated[name] == op.ulps for name, op in public.items())

@@ -8,12 +8,15 @@ tiny and huge magnitudes, each op's switch points, and +-Inf and NaN. Checked:
 
 - NaN exactly where torch gives NaN, never for a finite input where torch is finite;
 - infinities exactly where torch's float64 result overflows fp32;
-- elsewhere, relative error <= (ULPS + COND_ULPS * kappa) * 2^-24, with kappa the
-  condition number |x f'(x) / f(x)|: the result must be exact for an input within
-  a few ulps of the true one (what fp32 exp(80) can achieve, and no more).
+- elsewhere, relative error <= (op.ulps + COND_ULPS * kappa) * 2^-24, with op.ulps
+  the op's own bound (LANGUAGE.md, "Accuracy") and kappa the condition number
+  |x f'(x) / f(x)|: the result must be exact for an input within a few ulps of the
+  true one (what fp32 exp(80) can achieve, and no more).
 
-This is what `kgen.testing` assumes of each op (EPILOGUE_ULPS), and what the GPU
-tier measures for the GPU's approximate exp, log and division.
+The values are the points above and a dense sweep of [-30, 30] (every form's switch
+points and polynomial ranges lie inside it). This is what `kgen.testing` assumes of
+each op (`OpDef.ulps`), and what the GPU tier measures for the GPU's approximate exp
+and division (ex2.approx.f32, div.full.f32), which the interpreter computes exactly.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from helpers import DEVICES, build_and_import, import_file
 
 from kgen import ops
 
-ULPS = 8.0
 COND_ULPS = 4.0
 FP32 = torch.finfo(torch.float32)
 
@@ -54,6 +56,11 @@ VALUES = torch.tensor(
     [*sorted({s * m for m in _MAGNITUDES for s in (1.0, -1.0)}), math.inf, -math.inf, math.nan],
     dtype=torch.float32,
 )
+# every 2^-6 from -30 to 30, and 0.55 and 0.5 (switch points) give or take an ulp
+_DENSE = torch.linspace(-30.0, 30.0, 3841, dtype=torch.float32)
+_EDGES = torch.tensor([0.55, 0.5], dtype=torch.float32)
+_EDGES = torch.cat([_EDGES, _EDGES.nextafter(torch.zeros(2)), _EDGES.nextafter(torch.ones(2))])
+SWEEP = torch.cat([VALUES, _DENSE, _EDGES, -_EDGES])
 
 # (step as written in the spec, torch reference in float64) for each public op.
 _VECTOR = "0.75"  # the argument of binary ops: a constant keeps acc the only input
@@ -100,34 +107,37 @@ def test_op_accuracy(step: str, device: str, tmp_path) -> None:
     compiled, module = build_and_import(
         f"gemm: linear(1, 1, bias=false)\nprecision: ieee\nepilogue: {step}\n", tmp_path, "op.fuse"
     )
-    x = VALUES.reshape(-1, 1).to(device)
+    values = SWEEP
+    x = values.reshape(-1, 1).to(device)
     weight = torch.ones(1, 1, device=device)
     out = getattr(module, compiled.kernel.name)(x, weight).reshape(-1).cpu().double()
 
     from kgen import reference
 
-    exact = reference.epilogue(compiled.kernel, VALUES.double().reshape(-1, 1), {}).reshape(-1)
+    op = ops.lookup(step.split("(")[0])
+    assert op is not None
+    exact = reference.epilogue(compiled.kernel, values.double().reshape(-1, 1), {}).reshape(-1)
     expected = exact.to(torch.float32).double()  # overflow where fp32 overflows
-    finite_in = torch.isfinite(VALUES)
+    finite_in = torch.isfinite(values)
     nan_exp, nan_got = torch.isnan(expected), torch.isnan(out)
     bad_nan = (nan_got != nan_exp) & finite_in
-    assert not bad_nan.any(), f"{step}: NaN mismatch at x = {VALUES[bad_nan].tolist()}"
+    assert not bad_nan.any(), f"{step}: NaN mismatch at x = {values[bad_nan].tolist()}"
     # infinite inputs: NaN where torch gives NaN, otherwise torch's value
-    inf_in = torch.isinf(VALUES)
+    inf_in = torch.isinf(values)
     for i in torch.nonzero(inf_in).reshape(-1).tolist():
         if not (nan_exp[i] and nan_got[i]):
             assert (
                 out[i] == expected[i]
-            ), f"{step}({VALUES[i].item()}) = {out[i]}, torch {expected[i]}"
+            ), f"{step}({values[i].item()}) = {out[i]}, torch {expected[i]}"
     inf_exp = torch.isinf(expected) & finite_in
     assert torch.equal(out[inf_exp], expected[inf_exp]), f"{step}: overflow mismatch"
 
     check = finite_in & torch.isfinite(expected) & (expected.abs() > FP32.tiny)
-    kappa = _condition(step, compiled, VALUES)
+    kappa = _condition(step, compiled, values)
     rel = ((out - exact).abs() / exact.abs())[check]
-    limit = ((ULPS + COND_ULPS * kappa) * 2.0**-24)[check]
+    limit = ((op.ulps + COND_ULPS * kappa) * 2.0**-24)[check]
     worst = int(torch.argmax(rel / limit))
-    xs = VALUES[check]
+    xs = values[check]
     assert bool((rel <= limit).all()), (
         f"{step}({xs[worst].item()!r}) = {out[check][worst].item()!r}, exact "
         f"{exact[check][worst].item()!r}: {rel[worst].item() / 2**-24:.1f} ulps, allowed "
@@ -187,7 +197,7 @@ ABSOLUTE_CASES = sorted(name for name, op in ops.OPS.items() if op.absolute)
 @pytest.mark.parametrize("name", ABSOLUTE_CASES)
 def test_absolute_form_accuracy(name: str, device: str, tmp_path) -> None:
     """An op's absolute-error form (ops.absolute_forms) keeps its promise over the whole
-    fp32 range: within ULPS units of max(|f(x)|, 1) of torch's float64 value, NaN and
+    fp32 range: within op.ulps units of max(|f(x)|, 1) of torch's float64 value, NaN and
     infinities exactly where torch's are. Values near the form's worst case (|x| / 2
     times erf's error, x about -5 for GELU) are included."""
     from kgen import tlib
@@ -209,7 +219,7 @@ def test_absolute_form_accuracy(name: str, device: str, tmp_path) -> None:
     assert torch.equal(torch.isnan(got), torch.isnan(exact)), f"{name}: NaN mismatch"
     assert torch.equal(got[torch.isinf(exact)], exact[torch.isinf(exact)]), f"{name}: Inf"
     error = (got - exact).abs()[finite]
-    limit = ULPS * 2.0**-24 * exact.abs()[finite].clamp(min=1.0)
+    limit = opdef.ulps * 2.0**-24 * exact.abs()[finite].clamp(min=1.0)
     worst = int(torch.argmax(error / limit))
     assert bool((error <= limit).all()), (
         f"{name}({values[finite][worst].item()!r}) = {got[finite][worst].item()!r}, exact "
