@@ -145,6 +145,13 @@ def _op(
 FP32_MAX = torch.finfo(torch.float32).max
 
 
+def _hardtanh(x: torch.Tensor, lo: Any, hi: Any) -> torch.Tensor:
+    """clamp's values with F.hardtanh's gradient: 1 strictly inside (lo, hi), 0 at and
+    beyond the bounds (clamp's passes at them); F.hardtanh itself refuses lo > hi."""
+    clamped = torch.clamp(x, lo, hi)
+    return torch.where((x > lo) & (x < hi), x, clamped.detach())
+
+
 def fp32_overflow(value: torch.Tensor) -> torch.Tensor:
     """`value` (float64, say) with fp32's overflow: past FLT_MAX it is +-Inf. The Inf
     branch is detached: a gradient through `value * inf` would be 0 * inf = NaN even
@@ -405,7 +412,7 @@ _OPS: list[OpDef] = [
     _op(
         "hardtanh",
         "clamp(x, min, max), as F.hardtanh (max wins if min > max)",
-        lambda x, lo, hi: torch.clamp(x, lo, hi),
+        _hardtanh,
         "_clamp({x}, {min}, {max})",
         Group.ACTIVATION,
         Param("min", S, -1.0),

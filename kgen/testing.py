@@ -60,7 +60,7 @@ from typing import Any
 import torch
 
 from kgen import reference
-from kgen.ir import Instr, Kernel
+from kgen.ir import Gemm, Instr, Kernel, Kind, Role
 from kgen.lower.steps import RowStep, plan_function, steps
 from kgen.ops import FP32_MAX, OPS, RowKind, absolute_forms, fp32_range
 
@@ -543,8 +543,20 @@ def _as2d(value: Any, M: int) -> torch.Tensor:
 # PyTorch user already accepts from autograd in that dtype (both round the saved
 # pre-activation and the GEMMs' inputs to it); the second is a floor for gradients
 # that eager happens to get exactly (a relu's), where kgen still rounds dz and sums
-# the operands' partial gradients in another order. A gradient with NaN or Inf where
+# the operands' partial gradients in another order. For an operand broadcast over the
+# output (bias, vector params, learned scalars) that largest value is of the terms its
+# gradient sums (`_gradient_terms`), as a sum's rounding is relative to them. A gradient with NaN or Inf where
 # the exact one is finite fails.
+#
+# A third term for what the backward reads: the saved accumulator is off by the
+# forward GEMM's error (the forward oracle's delta: bf16x3 and tf32 on the GPU are
+# less accurate than fp32) and, in 16-bit calls, by its rounding to x's dtype (a
+# unit, OUTPUT_RTOL), where
+# eager rounds the pre-activation the same way but then computes each op rounded too.
+# `_gradient_terms` evaluates the exact gradients at acc - delta and acc + delta
+# (float64) and allows each one's move: dz's carried to dx and dW with absolute
+# values, the bias's and other operands' gradients by their own move. A comparison
+# (max, clamp, where) that the rounding can flip moves the gradient by its jump.
 GRAD_EAGER_FACTOR = 2.0
 GRAD_ULPS = 8.0
 
@@ -564,6 +576,114 @@ def _autograd(
     ]
 
 
+def _spread(kernel: Kernel, operands: dict[str, Any], M: int, N: int) -> dict[str, torch.Tensor]:
+    """Float64 leaves for the tensor operands after x and the weight; those broadcast
+    over the [M, N] output (the bias, vector params, learned scalars, [M] inputs) given
+    as [M, N] copies, so that their gradients come per output element, unreduced."""
+    leaves = {}
+    for name, value in list(operands.items())[2:]:
+        if not isinstance(value, torch.Tensor):
+            continue
+        value = value.detach().double()
+        operand = kernel.operand(name)
+        if value.shape != (M, N) and operand.pool == 1:
+            if operand.kind is Kind.COL:
+                value = value.reshape(1, -1)
+            elif operand.kind is Kind.ROW:
+                value = value.reshape(-1, 1)
+            value = value.expand(M, N).clone()
+        leaves[name] = value.requires_grad_()
+    return leaves
+
+
+def _reduce(kernel: Kernel, name: str, term: torch.Tensor, arg: torch.Tensor) -> torch.Tensor:
+    """A per-element term of `_spread`'s leaf, summed to the operand's own shape."""
+    if term.shape == arg.shape:
+        return term
+    kind = kernel.operand(name).kind
+    if kind is Kind.COL:
+        return term.sum(0).reshape(arg.shape)
+    if kind is Kind.ROW:
+        return term.sum(1).reshape(arg.shape)
+    return term.sum().reshape(arg.shape)
+
+
+def _gradient_terms(
+    kernel: Kernel, args: Sequence[torch.Tensor], dout: torch.Tensor, floats: dict[str, Any]
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Two allowances per gradient (see GRAD_EAGER_FACTOR's comment), float64:
+
+    - how far the exact gradient moves when the accumulator the backward reads is off
+      by what the forward may get wrong in it: the GEMM's error bound, plus a unit of
+      x's dtype (OUTPUT_RTOL: Triton's interpreter truncates) where the accumulator is
+      saved in a 16-bit dtype. Evaluated at
+      acc - delta and acc + delta, so that a comparison the rounding can flip (max,
+      clamp, where) moves the gradient by its jump; per output element, carried to dx,
+      dW and the broadcast operands' sums with absolute values;
+    - for the broadcast operands, the sum of the absolute values of the per-element
+      terms their gradient adds up, the scale its rounding is relative to (None for x,
+      the weight and [M, N] operands)."""
+    device = args[0].device.type
+    case = _Case.of(kernel, tuple(args), floats, device)
+    M, N = case.acc.shape
+    delta = case.delta
+    if args[0].dtype != torch.float32:
+        dtype = args[0].dtype
+        delta = delta + case.acc.abs() * OUTPUT_RTOL[dtype] + OUTPUT_ATOL[dtype]
+    names = list(_spread(kernel, case.operands, M, N))
+    grads = []
+    for sign in (0.0, 1.0, -1.0):
+        acc = (case.acc + sign * delta).requires_grad_()
+        leaves = _spread(kernel, case.operands, M, N)
+        with torch.enable_grad():
+            value = reference.epilogue(kernel, acc, {**case.operands, **leaves})
+            inputs = [acc, *leaves.values()]
+            found = torch.autograd.grad(value, inputs, dout.double(), allow_unused=True)
+        grads.append(
+            [torch.zeros_like(i) if g is None else g for g, i in zip(found, inputs, strict=True)]
+        )
+    moved = [
+        torch.maximum((a - g).abs(), (b - g).abs()).nan_to_num(nan=0.0)
+        for g, a, b in zip(*grads, strict=True)
+    ]
+    dz = moved[0]
+    x, w = case.operands["x"].double().abs(), case.operands["weight"].double().abs()
+    linear = kernel.gemm is Gemm.LINEAR
+    shifts = [dz @ (w if linear else w.T), dz.T @ x if linear else x.T @ dz]
+    sizes: list[torch.Tensor | None] = [None, None]
+    for name, shift, term, arg in zip(names, moved[1:], grads[0][1:], args[2:], strict=True):
+        shifts.append(_reduce(kernel, name, shift, arg))
+        sizes.append(None if term.shape == arg.shape else _reduce(kernel, name, term.abs(), arg))
+    return shifts, sizes
+
+
+def _flatten(
+    kernel: Kernel,
+    grads: Sequence[torch.Tensor],
+    args: Sequence[torch.Tensor],
+    dout: torch.Tensor,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """x's leading dimensions, and the same leading dimensions of `input` operands and
+    of `dout` (and of their gradients), flattened to one: M rows."""
+    lead = args[0].shape[:-1]
+    M = math.prod(lead)
+    inputs = {i for i, o in enumerate(kernel.tensors, 2 + kernel.has_bias) if o.role is Role.INPUT}
+
+    def flat(i: int, t: torch.Tensor) -> torch.Tensor:
+        if i == 0 or (i in inputs and t.shape[: len(lead)] == lead):
+            return t.reshape(M, *t.shape[len(lead) :])
+        return t
+
+    return (
+        [
+            flat(i, g) if g.shape == a.shape else g
+            for i, (g, a) in enumerate(zip(grads, args, strict=True))
+        ],
+        [flat(i, a) for i, a in enumerate(args)],
+        dout.reshape(M, *dout.shape[len(lead) :]),
+    )
+
+
 def gradient_errors(
     kernel: Kernel,
     grads: Sequence[torch.Tensor],
@@ -571,33 +691,41 @@ def gradient_errors(
     dout: torch.Tensor,
     **floats: Any,
 ) -> list[str]:
-    """What is wrong with `grads` (kgen's, one per tensor argument), as messages."""
+    """What is wrong with `grads` (kgen's, one per tensor argument), as messages. `x`
+    may be [*, K], with `input` operands and `dout` of the same leading shape (the
+    generated function's contract): the oracle sees them flattened to M rows."""
+    grads, args, dout = _flatten(kernel, grads, args, dout)
     exact = _autograd(kernel, args, dout, torch.float64, floats)
     eager = _autograd(kernel, args, dout, args[0].dtype, floats)
+    moved, sizes = _gradient_terms(kernel, args, dout, floats)
     names = (
         ["x", "weight"] + (["bias"] if kernel.has_bias else []) + [t.name for t in kernel.tensors]
     )
     problems = []
-    for name, got, want, pytorch, arg in zip(names, grads, exact, eager, args, strict=True):
+    for name, got, want, pytorch, arg, shift, size in zip(
+        names, grads, exact, eager, args, moved, sizes, strict=True
+    ):
         if got.shape != arg.shape or got.dtype != arg.dtype:
             problems.append(
                 f"{name}: gradient {got.dtype} {list(got.shape)}, not {arg.dtype} "
                 f"{list(arg.shape)}"
             )
             continue
-        finite = torch.isfinite(want)
+        finite = torch.isfinite(want.to(arg.dtype))  # Inf is right past the dtype's range
         error = (got.double() - want).abs()
         if bool((~torch.isfinite(got) & finite).any()):
             problems.append(f"{name}: NaN or Inf where the exact gradient is finite")
             continue
         error = torch.where(finite, error, 0.0)
-        scale = float(torch.where(finite, want.abs(), 0.0).max()) if want.numel() else 0.0
+        size = want.abs() if size is None else torch.maximum(size, want.abs())
+        scale = float(torch.where(finite, size, 0.0).max()) if want.numel() else 0.0
         pytorch_error = (
             float(torch.where(finite, (pytorch.double() - want).abs(), 0.0).max())
             if want.numel()
             else 0.0
         )
         allowed = GRAD_EAGER_FACTOR * pytorch_error + GRAD_ULPS * torch.finfo(arg.dtype).eps * scale
+        error = error - shift  # what the forward GEMM's own error explains
         worst = float(error.max()) if error.numel() else 0.0
         if worst > allowed:
             problems.append(
