@@ -42,20 +42,31 @@ def test_one_kernel_one_store(path) -> None:
     assert [k.name for k in kernels] == [f"{path.stem}_kernel"]
     (kernel,) = kernels
     finish = [f for f in jit if f.name == f"{path.stem}_finish"]
+    stores = [ast.unparse(c.args[0]) for c in _calls(kernel, "tl.store")]
+    # a training forward (SAVE) also stores the accumulator, before the epilogue
+    saves = [s for s in stores if s.startswith("save_ptr + ")]
+    assert len(saves) == 1
+    stores = [s for s in stores if s not in saves]
     if finish:
         # row operations (kgen/lower/rows.py): one store per path, or, cut for two passes, the
         # statistics and the relative value; the finishing kernel rewrites the output.
         # kgen check's store-count rule holds them to their outputs (tests/test_check.py).
-        assert len(_calls(kernel, "tl.store")) <= 3
+        assert len(stores) <= 3
     else:
         # one store of the output; split-K's partial sums go to the scratch workspace
-        stores = [ast.unparse(c.args[0]) for c in _calls(kernel, "tl.store")]
         partials = [s for s in stores if s.startswith("split_tile + ")]
         assert len(partials) == 1 and len(stores) == 2
     # no store-then-load: the output pointer is never read
     assert all("out_ptr" not in ast.unparse(c) for c in _calls(kernel, "tl.load"))
+    backward = [f for f in jit if f.name == f"{path.stem}_backward"]
+    for f in backward:
+        # dz once, and each operand's gradient (partial sums) once
+        targets = [ast.unparse(c.args[0]).split(" ")[0] for c in _calls(f, "tl.store")]
+        assert targets.count("_dz_ptr") == 1, targets
+        assert all(t == "_dz_ptr" or t.startswith("_grad_") for t in targets), targets
+        assert len(set(targets)) == len(targets), targets
     for helper in jit:
-        if helper is not kernel and helper not in finish:
+        if helper is not kernel and helper not in finish and helper not in backward:
             assert helper.name.startswith("_")
             assert not _calls(helper, "tl.store") and not _calls(helper, "tl.load")
 

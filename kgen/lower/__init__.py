@@ -8,6 +8,7 @@ One module per concern, each importing only those above it in this list:
     rows       the row strategies: in-tile, or two passes with a finishing kernel
     mainloop   the kernels' Triton text around the epilogue (templates)
     kernel     the GEMM kernel (and finishing kernel) assembled
+    backward   the backward kernel: dz and the operands' gradients from kgen.derive
     module     the whole module: kernels, the runtime declaration, function, ModelNew
 
 kgen.build calls `module.emit_module(kernel)`.

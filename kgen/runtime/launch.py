@@ -277,7 +277,8 @@ class Plan:
         values, out = self.triton_values(args)
         for launch in self.launches:
             launch.through_triton(values)
-        self.direct = all(launch.direct is not None for launch in self.launches)
+        # (a CPU plan never: one with no launches, an empty problem, would pass `all`)
+        self.direct = self.index >= 0 and all(launch.direct is not None for launch in self.launches)
         return out
 
     def run_saving(self, args: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -307,8 +307,11 @@ class GemmOp:
         n = self.n
         ctx.save_for_backward(*inputs[:n], output[1])
         ctx.floats = inputs[n:]
+        # the saved accumulator is an output nobody differentiates: without this,
+        # autograd would fill an M x N tensor of zeros as its gradient every backward
+        ctx.set_materialize_grads(False)
 
-    def _autograd_backward(self, ctx: Any, dout: torch.Tensor, _: Any) -> tuple[Any, ...]:
+    def _autograd_backward(self, ctx: Any, dout: torch.Tensor | None, _: Any) -> tuple[Any, ...]:
         *tensors, saved = ctx.saved_tensors
         needs = list(ctx.needs_input_grad[: self.n])
         if self.backward is None:
@@ -316,6 +319,8 @@ class GemmOp:
                 f"kgen: {self.name} has no gradient: {self.no_backward} (kgen.derive; "
                 "call the module under torch.no_grad() where no gradient is wanted)"
             )
+        if dout is None:  # the output took no part in the loss
+            return tuple(None for _ in range(self.n + len(ctx.floats)))
         grads = self.backward_operator(dout, saved, *tensors, *ctx.floats, needs)
         return (
             *(g if need else None for g, need in zip(grads, needs, strict=True)),
@@ -374,7 +379,10 @@ class GemmOp:
                     "row": (grid[1], M),
                     "scalar": (grid[0] * grid[1],),
                 }[kind]
-                partials[name] = torch.empty(shape, device=x.device, dtype=torch.float32)
+                # an [M, N] operand's gradient is stored once, in its own dtype; the
+                # others are fp32 partial sums, one per tile, reduced below
+                dtype = t.dtype if kind == "tile" else torch.float32
+                partials[name] = torch.empty(shape, device=x.device, dtype=dtype)
                 kwargs[f"_grad_{name}_ptr"] = partials[name]
         for (name, _), value in zip(self.floats, floats, strict=True):
             kwargs[name] = value
