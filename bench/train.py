@@ -134,7 +134,11 @@ def main() -> None:
     parser.add_argument("--json", help="append each result here, a JSON object per line")
     parser.add_argument("--budget-s", type=float, default=1e9, help="stop starting cases after")
     parser.add_argument("--run", default="", help="a label for this run's rows")
+    parser.add_argument("--table", metavar="JSONL", help="only print a results file's table")
     args = parser.parse_args()
+    if args.table:
+        print(table(Path(args.table), args.run))
+        return
     began = time.perf_counter()
     gpu = torch.cuda.get_device_name()
     h = args.hidden
@@ -211,6 +215,43 @@ def _case(
     if args.json:
         with Path(args.json).open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def table(path: Path, run: str) -> str:
+    """A Markdown table of one run (the last, unless `run` names one): per case, GPU
+    time and peak memory of a step, PyTorch / kgen ratios (above 1: kgen is better)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    run = run or rows[-1]["run"]
+    cases: dict[tuple[Any, ...], dict[tuple[str, str], Any]] = {}
+    for r in rows:
+        if r["run"] == run:
+            cases.setdefault((r["case"], r["precision"], r["M"]), {})[(r["who"], r["mode"])] = r
+    lines = [
+        f"{rows[-1]['gpu']}, run {run!r}: one training step, GPU µs (peak MiB above the "
+        "step's inputs); ratios PyTorch / kgen",
+        "",
+        "| case | precision | M | eager PyTorch | kgen | ratio | memory ratio "
+        "| compiled PyTorch | compiled kgen | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (case, precision, M), got in cases.items():
+        pe, ke = got.get(("pytorch", "eager")), got.get(("kgen", "eager"))
+        pc, kc = got.get(("pytorch", "default")), got.get(("kgen", "default"))
+        if pe is None or ke is None:
+            continue
+
+        def cell(r: Any) -> str:
+            return "–" if r is None else f"{r['gpu_us']:.0f} ({r['peak_mib']:.0f})"
+
+        def ratio(a: Any, b: Any, key: str) -> str:
+            return "–" if a is None or b is None else f"{a[key] / b[key]:.2f}"
+
+        lines.append(
+            f"| {case} | {precision} | {M} | {cell(pe)} | {cell(ke)} | "
+            f"**{ratio(pe, ke, 'gpu_us')}** | {ratio(pe, ke, 'peak_mib')} | {cell(pc)} | "
+            f"{cell(kc)} | {ratio(pc, kc, 'gpu_us')} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
