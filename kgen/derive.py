@@ -278,7 +278,12 @@ def derive(kernel: Kernel) -> Backward:
             if rule is None:
                 raise NotDifferentiable(instr.op, instr.span)
             contributions = rule(rules, g, y, *args)
-        for a, c in zip(instr.args, contributions, strict=True):
+        trivial = instr.row and kernel.value(instr.args[0]).kind is not Kind.TILE
+        for i, (a, c) in enumerate(zip(instr.args, contributions, strict=True)):
+            if c is None and active[a] and i > 0 and not trivial:
+                # a learned tensor (a `scalar` param, say) where the rule treats the
+                # argument as a constant (leaky_relu's slope, elu's alpha, eps)
+                raise NotDifferentiable(f"{instr.op} with a learned {_arg(instr, i)}", instr.span)
             if c is None or not active[a]:
                 continue
             rules.hint = f"d_{kernel.value(a).hint or kernel.value(a).op}"
@@ -286,7 +291,7 @@ def derive(kernel: Kernel) -> Backward:
                 # a contribution the same in every column, to a value without columns:
                 # the sum over the op's columns is N times it
                 c = c * rules.count()
-            grads[a] = grads[a] + c if a in grads else c
+            grads[a] = _sum(rules, kernel.value(a).kind, grads[a], c) if a in grads else c
 
     # the gradients to store: the accumulator's, then each tensor operand's (the sum
     # over its loads)
@@ -298,9 +303,32 @@ def derive(kernel: Kernel) -> Backward:
         for instr in kernel.body:
             if instr.op == "load" and instr.attr == operand.name and instr.id in grads:
                 g = grads[instr.id]
-                total = g if total is None else total + g
+                total = g if total is None else _sum(rules, operand.kind, total, g)
         outputs.append((operand.name, None if total is None else total.id))
     return _pruned(kernel, body, outputs)
+
+
+def _arg(instr: Instr, i: int) -> str:
+    """The name of an op's argument i (0 is x), for messages."""
+    if instr.row:
+        rowdef = ROW_OPS[instr.op]
+        names = [n for n, _ in rowdef.params if n not in (rowdef.size, "keepdim")]
+    else:
+        names = [p.name for p in OPS[instr.op].params]
+    return names[i - 1] if 0 < i <= len(names) else f"argument {i}"
+
+
+def _sum(rules: Rules, kind: Kind, a: Value, b: Value) -> Value:
+    """Two unreduced gradients of one value of `kind`. Where that value has no columns
+    and only one of the two has, the kernel will sum the total over the columns, which
+    would count the other (the same in every column) N times: it enters as 1/N of
+    itself per column."""
+    if not _COLUMNS[kind] and _COLUMNS[a.kind] != _COLUMNS[b.kind]:
+        if _COLUMNS[a.kind]:
+            b = b / rules.count()
+        else:
+            a = a / rules.count()
+    return a + b
 
 
 def _trivial_rule(op: str, g: Value, args: list[Value]) -> tuple[Any, ...]:

@@ -136,6 +136,19 @@ def _opname(name: str) -> str:
     return opname
 
 
+def _no_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    pass
+
+
+def _no_double_backward(ctx: Any, *grads: Any) -> tuple[Any, ...]:
+    """The backward of a kgen backward (`create_graph=True`, then a second backward):
+    not derived yet; an error rather than a silently wrong gradient."""
+    raise NotImplementedError(
+        "kgen: the gradient of a kgen gradient (double backward, e.g. a gradient "
+        "penalty) is not computed yet"
+    )
+
+
 def _register(opname: str, schema: str, impl: Any, fake: Any) -> Any:
     _OPERATORS.add(opname)
     _LIBRARY.define(opname + schema)  # type: ignore[no-untyped-call]
@@ -199,6 +212,12 @@ class GemmOp:
             f"kgen::{opname}_train",
             self._autograd_backward,
             setup_context=self._autograd_setup,
+            lib=_LIBRARY,
+        )
+        torch.library.register_autograd(
+            f"kgen::{opname}_backward",
+            _no_double_backward,
+            setup_context=_no_context,
             lib=_LIBRARY,
         )
 
@@ -391,22 +410,24 @@ class GemmOp:
             backward.kernel[grid](**kwargs)
         else:
             dz.zero_()
+        # what the fake implementation (gradients_fake) promises: each gradient
+        # contiguous in its tensor's shape and dtype, an empty tensor of that dtype
+        # where `needs` leaves it out
         grads: list[torch.Tensor] = []
-        empty = x.new_empty(0)
         if needs[0]:
             dx = dz @ weight if self.linear else dz @ weight.T
             grads.append(dx.reshape(x.shape))
         else:
-            grads.append(empty)
+            grads.append(x.new_empty(0))
         if needs[1]:
             grads.append(dz.T @ x2 if self.linear else x2.T @ dz)
         else:
-            grads.append(empty)
+            grads.append(weight.new_empty(0))
         for i, ((name, kind, _), t) in enumerate(zip(self.operands[2:], tensors[2:], strict=True)):
             if not needs[2 + i]:
-                grads.append(empty)
-            elif name not in partials:
-                grads.append(torch.zeros_like(t))
+                grads.append(t.new_empty(0))
+            elif name not in partials:  # the output does not depend on it
+                grads.append(torch.zeros(t.shape, dtype=t.dtype, device=t.device))
             else:
                 part = partials[name]
                 total = part if kind == "tile" else part.sum(0)
