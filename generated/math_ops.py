@@ -224,7 +224,11 @@ def math_ops_kernel(
             add_2 = acc + shift_1
             square_3 = add_2 * add_2
             add_5 = square_3 + 1.0
-            rsqrt_6 = 1.0 / tl.sqrt_rn(add_5)
+            rsqrt_6 = tl.where(
+                add_5 < 1.1754943508222875e-38,
+                tl.rsqrt(add_5 * 18446744073709551616.0) * 4294967296.0,
+                tl.rsqrt(add_5),
+            )
             mul_7 = add_2 * rsqrt_6
             abs_8 = tl.abs(mul_7)
             neg_9 = abs_8 * -1.0
@@ -239,7 +243,11 @@ def math_ops_kernel(
             sub_18 = add_16 - sigmoid_17
             eps_19 = tl.full([], eps, tl.float32)
             add_20 = abs_8 + eps_19
-            sqrt_21 = tl.sqrt_rn(add_20)
+            sqrt_21 = tl.where(
+                add_20 < 1.1754943508222875e-38,
+                tl.sqrt(add_20 * 18446744073709551616.0) * 2.3283064365386963e-10,
+                tl.sqrt(add_20),
+            )
             add_22 = sub_18 + sqrt_21
             col_scale_23 = tl.load(
                 col_scale_ptr + offs_n * stride_col_scale_n, mask=mask_n, other=0.0
@@ -293,7 +301,11 @@ def math_ops_backward(
     add_2 = acc + shift_1
     square_3 = add_2 * add_2
     add_5 = square_3 + 1.0
-    rsqrt_6 = 1.0 / tl.sqrt_rn(add_5)
+    rsqrt_6 = tl.where(
+        add_5 < 1.1754943508222875e-38,
+        tl.rsqrt(add_5 * 18446744073709551616.0) * 4294967296.0,
+        tl.rsqrt(add_5),
+    )
     mul_7 = add_2 * rsqrt_6
     abs_8 = tl.abs(mul_7)
     neg_9 = abs_8 * -1.0
@@ -308,7 +320,11 @@ def math_ops_backward(
     sub_18 = add_16 - sigmoid_17
     eps_19 = tl.full([], eps, tl.float32)
     add_20 = abs_8 + eps_19
-    sqrt_21 = tl.sqrt_rn(add_20)
+    sqrt_21 = tl.where(
+        add_20 < 1.1754943508222875e-38,
+        tl.sqrt(add_20 * 18446744073709551616.0) * 2.3283064365386963e-10,
+        tl.sqrt(add_20),
+    )
     add_22 = sub_18 + sqrt_21
     col_scale_23 = tl.load(col_scale_ptr + offs_n * stride_col_scale_n, mask=mask_n, other=0.0).to(
         tl.float32

@@ -412,7 +412,11 @@ def row_layernorm_backward(
     row_sum_1000 = tl.sum(tl.where(mask_n[None, :], d_layernorm_13, 0.0), axis=1)[:, None]
     row_mean_1000 = row_sum_1000 / (N // 1)
     d_layernorm_15 = row_mean_1000 + eps_3
-    d_layernorm_16 = 1.0 / tl.sqrt_rn(d_layernorm_15)
+    d_layernorm_16 = tl.where(
+        d_layernorm_15 < 1.1754943508222875e-38,
+        tl.rsqrt(d_layernorm_15 * 18446744073709551616.0) * 4294967296.0,
+        tl.rsqrt(d_layernorm_15),
+    )
     row_sum_2000 = tl.sum(tl.where(mask_n[None, :], d_tanh_10, 0.0), axis=1)[:, None]
     row_mean_2000 = row_sum_2000 / (N // 1)
     d_layernorm_18 = d_tanh_10 - row_mean_2000

@@ -218,7 +218,11 @@ def row_rms_kernel(
         else:
             row_sum_0 = tl.sum(tl.where(mask_n[None, :], square_3, 0.0), axis=1)[:, None]
             row_mean_0 = row_sum_0 / (N // 1)
-            sqrt_5 = tl.sqrt_rn(row_mean_0)
+            sqrt_5 = tl.where(
+                row_mean_0 < 1.1754943508222875e-38,
+                tl.sqrt(row_mean_0 * 18446744073709551616.0) * 2.3283064365386963e-10,
+                tl.sqrt(row_mean_0),
+            )
             r_6 = tl.load(r_ptr + offs_m * stride_r_m, mask=mask_m, other=0.0).to(tl.float32)[
                 :, None
             ]
@@ -277,7 +281,11 @@ def row_rms_finish(
         row_total_0 = tl.sum(tile_stat0_0, axis=1)
         row_mean_0 = (row_total_0 / (N // 1))[:, None]
         # src[row_rms.fuse:3]: epilogue: bias; square; row_mean; sqrt; acc = acc + r; row_max
-        sqrt_5 = tl.sqrt_rn(row_mean_0)
+        sqrt_5 = tl.where(
+            row_mean_0 < 1.1754943508222875e-38,
+            tl.sqrt(row_mean_0 * 18446744073709551616.0) * 2.3283064365386963e-10,
+            tl.sqrt(row_mean_0),
+        )
         r_6 = tl.load(r_ptr + offs_m * stride_r_m, mask=mask_m, other=0.0).to(tl.float32)[:, None]
         add_7 = sqrt_5 + r_6
         row_max_0 = add_7
@@ -330,7 +338,11 @@ def row_rms_backward(
     square_3 = bias_2 * bias_2
     row_sum_0 = tl.sum(tl.where(mask_n[None, :], square_3, 0.0), axis=1)[:, None]
     row_mean_0 = row_sum_0 / (N // 1)
-    sqrt_5 = tl.sqrt_rn(row_mean_0)
+    sqrt_5 = tl.where(
+        row_mean_0 < 1.1754943508222875e-38,
+        tl.sqrt(row_mean_0 * 18446744073709551616.0) * 2.3283064365386963e-10,
+        tl.sqrt(row_mean_0),
+    )
     # src[row_rms.fuse:1]: # root mean square of each row, then a per-row offset; row_max of one column is itself
     dout_6 = tl.load(_dout_ptr + offs_m * stride__dout_m, mask=mask_m, other=0.0).to(tl.float32)[
         :, None

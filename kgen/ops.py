@@ -371,7 +371,10 @@ _OPS: list[OpDef] = [
         "sqrt",
         "square root (NaN below 0)",
         torch.sqrt,
-        "tl.sqrt_rn({x})",
+        # the hardware's approximate root flushes a subnormal input to 0: below fp32's
+        # normal range the input is scaled by 2^64 first and the root by 2^-32 after
+        "tl.where({x} < 1.1754943508222875e-38, tl.sqrt({x} * 18446744073709551616.0) * 2.3283064365386963e-10,"
+        " tl.sqrt({x}))",
         Group.MATH,
         grad=lambda d, g, y, x: (g / (2.0 * y),),
     ),
@@ -379,7 +382,9 @@ _OPS: list[OpDef] = [
         "rsqrt",
         "1 / sqrt(x)",
         torch.rsqrt,
-        "1.0 / tl.sqrt_rn({x})",
+        # as sqrt's: subnormal inputs scaled by 2^64, the result by 2^32
+        "tl.where({x} < 1.1754943508222875e-38, tl.rsqrt({x} * 18446744073709551616.0) * 4294967296.0,"
+        " tl.rsqrt({x}))",
         Group.MATH,
         grad=lambda d, g, y, x: (-0.5 * g * y * y * y,),
     ),
