@@ -585,13 +585,9 @@ def _spread(kernel: Kernel, operands: dict[str, Any], M: int, N: int) -> dict[st
         if not isinstance(value, torch.Tensor):
             continue
         value = value.detach().double()
-        operand = kernel.operand(name)
-        if value.shape != (M, N) and operand.pool == 1:
-            if operand.kind is Kind.COL:
-                value = value.reshape(1, -1)
-            elif operand.kind is Kind.ROW:
-                value = value.reshape(-1, 1)
-            value = value.expand(M, N).clone()
+        if value.shape != (M, N) and kernel.operand(name).pool == 1:
+            # as the reference broadcasts it ([1, N], [M, 1], []), copied out to [M, N]
+            value = reference._shaped(kernel, name, value, torch.float64).expand(M, N).clone()
         leaves[name] = value.requires_grad_()
     return leaves
 

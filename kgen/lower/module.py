@@ -268,11 +268,11 @@ def emit_module(kernel: Kernel) -> str:
         "",
     ]
     backward = _backward(kernel)
-    differentiable = not isinstance(backward, str)
+    derived = [] if isinstance(backward, str) else [backward]
     sections = [
-        helpers(kernel, *([backward.kernel] if differentiable else [])),  # type: ignore[union-attr]
+        helpers(kernel, *(b.kernel for b in derived)),
         gemm_kernels(kernel),
-        backward_kernel(backward) if differentiable else "",  # type: ignore[arg-type]
+        *(backward_kernel(b) for b in derived),
         _declaration(kernel, backward),
         _function(kernel),
         _module_class(kernel),

@@ -273,8 +273,8 @@ class Plan:
             counts = split_counts(self.device, self.counts)
         return scratch, counts
 
-    def _run_triton(self, args: Sequence[Any]) -> torch.Tensor:
-        values, out = self.triton_values(args)
+    def _run_triton(self, args: Sequence[Any], saved: torch.Tensor | None = None) -> torch.Tensor:
+        values, out = self.triton_values(args, saved)
         for launch in self.launches:
             launch.through_triton(values)
         # (a CPU plan never: one with no launches, an empty problem, would pass `all`)
@@ -290,10 +290,7 @@ class Plan:
         else:
             shape, dtype = self.save
             saved = self._empty(shape, _contiguous(shape), dtype)
-        values, out = self.triton_values(args, saved)
-        for launch in self.launches:
-            launch.through_triton(values)
-        return out, saved
+        return self._run_triton(args, saved), saved
 
     def triton_values(
         self, args: Sequence[Any], saved: torch.Tensor | None = None

@@ -273,19 +273,22 @@ class GemmOp:
 
     def eager(self, *args: Any) -> torch.Tensor:
         """A call's plan (made and kept if new), run."""
-        n = self.n
+        return self._kept(self.plans, args, save=False).run(args)
+
+    def _kept(self, plans: dict[tuple[Any, ...], Plan], args: tuple[Any, ...], save: bool) -> Plan:
+        """The plan kept in `plans` for the layout of `args`, made and kept if new."""
         try:
-            key: tuple[Any, ...] | None = launch.layout_key(args[:n])
-        except Exception:
+            key: tuple[Any, ...] | None = launch.layout_key(args[: self.n])
+        except Exception:  # an argument that is no tensor: plan() says what is wrong
             key = None
-        plan = None if key is None else self.plans.get(key)
+        plan = None if key is None else plans.get(key)
         if plan is None:
-            plan = self.plan(*args)
+            plan = self.plan(*args, save=save)
             if key is not None:
-                if len(self.plans) >= _PLANS_MAX:
-                    self.plans.clear()
-                self.plans[key] = plan
-        return plan.run(args)
+                if len(plans) >= _PLANS_MAX:
+                    plans.clear()
+                plans[key] = plan
+        return plan
 
     def fake(self, *args: Any) -> torch.Tensor:
         """The operator's fake implementation: the checks, and an output of the shape,
@@ -299,19 +302,7 @@ class GemmOp:
     def train(self, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The `_train` operator: the output, and what the backward needs saved (the
         accumulator, or an empty tensor)."""
-        n = self.n
-        try:
-            key: tuple[Any, ...] | None = launch.layout_key(args[:n])
-        except Exception:
-            key = None
-        plan = None if key is None else self.train_plans.get(key)
-        if plan is None:
-            plan = self.plan(*args, save=True)
-            if key is not None:
-                if len(self.train_plans) >= _PLANS_MAX:
-                    self.train_plans.clear()
-                self.train_plans[key] = plan
-        return plan.run_saving(args)
+        return self._kept(self.train_plans, args, save=True).run_saving(args)
 
     def train_fake(self, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.fake(*args)
@@ -383,14 +374,9 @@ class GemmOp:
         else:
             kwargs["stride__dout_m"], kwargs["stride__dout_n"] = g.stride()
         partials: dict[str, torch.Tensor] = {}
+        kwargs.update(self._operand_strides(views))
         for (name, kind, _), t in zip(self.operands[2:], views[2:], strict=True):
             kwargs[f"{name}_ptr"] = t
-            if kind == "tile":
-                kwargs[f"stride_{name}_m"], kwargs[f"stride_{name}_n"] = t.stride()
-            elif kind == "col":
-                kwargs[f"stride_{name}_n"] = t.stride(0)
-            elif kind == "row":
-                kwargs[f"stride_{name}_m"] = t.stride(0)
             if name in backward.grads:
                 shape = {
                     "tile": (M, N),
@@ -485,6 +471,19 @@ class GemmOp:
         save = save and self.backward is not None and self.backward.saves
         return self._plan(config, tma, args, views, lead, N, save)
 
+    def _operand_strides(self, views: list[torch.Tensor]) -> dict[str, int]:
+        """The kernels' stride arguments of the operands after x and the weight (the
+        forward's and the backward's name them alike)."""
+        strides = {}
+        for (name, kind, _), t in zip(self.operands[2:], views[2:], strict=True):
+            if kind == "tile":
+                strides[f"stride_{name}_m"], strides[f"stride_{name}_n"] = t.stride()
+            elif kind == "col":
+                strides[f"stride_{name}_n"] = t.stride(0)
+            elif kind == "row":
+                strides[f"stride_{name}_m"] = t.stride(0)
+        return strides
+
     def _views(self, args: tuple[Any, ...], lead: tuple[int, ...], N: int) -> list[torch.Tensor]:
         """The tensors as the kernel sees them: x [M, K], [M, N] operands [M, N], [M]
         operands [M]."""
@@ -553,13 +552,7 @@ class GemmOp:
             (weight.stride(1), weight.stride(0)) if self.linear else weight.stride()
         )
         values["stride_om"], values["stride_on"] = W, 1
-        for (name, kind, _), t in zip(self.operands[2:], views[2:], strict=True):
-            if kind == "tile":
-                values[f"stride_{name}_m"], values[f"stride_{name}_n"] = t.stride()
-            elif kind == "col":
-                values[f"stride_{name}_n"] = t.stride(0)
-            elif kind == "row":
-                values[f"stride_{name}_m"] = t.stride(0)
+        values.update(self._operand_strides(views))
         scratch: tuple[tuple[int, ...], torch.dtype] | None
         wide = devices.wide(*views) or M * (N if save else W) - 1 >= 2**31 - 1
 
