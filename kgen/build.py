@@ -11,9 +11,7 @@ spec is compiled even when an earlier one fails, so one run reports every error.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +22,7 @@ from kgen.analyze import analyze
 from kgen.errors import Diagnostic, EncodingError, Span, SpecError
 from kgen.ir import Kernel
 from kgen.lower.module import emit_module
+from kgen.runtime.devices import write_atomic as write_atomic
 from kgen.syntax import parse
 
 _BLACK_MODE = black.Mode(line_length=100)
@@ -89,22 +88,6 @@ def import_file(path: Path, name: str | None = None) -> ModuleType:
         del sys.modules[name]
         raise
     return module
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a module is an ordinary file
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

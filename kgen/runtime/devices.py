@@ -1,4 +1,5 @@
-"""Facts about the GPU a call runs on, and the tuning file beside a module.
+"""Facts about the GPU a call runs on, and the tuning file beside a module (read, and
+written atomically).
 
 `kgen tune` writes `<kernel>.tuning.json` beside a generated module: for each GPU name,
 dtype and shape bucket, the configuration it measured best (kgen/configs.py). A module
@@ -9,8 +10,12 @@ reads its file at import; a missing file is an empty table, and so is a broken o
 from __future__ import annotations
 
 import json
+import os
+import re
+import tempfile
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,6 +70,39 @@ def load_tuning(path: str) -> dict[str, Any]:
         warnings.warn(f"{path}: ignored, not a kgen tuning file", stacklevel=2)
         return {}
     return table
+
+
+def record_tuning(
+    path: Path, gpu: str, dtype: torch.dtype, bucket: str, config: tuple[Any, ...]
+) -> None:
+    """Add one entry to a tuning file (GPU -> dtype -> bucket), keeping the others;
+    written atomically. ValueError if the file holds something else."""
+    table: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not isinstance(table, dict):
+        raise ValueError("not a kgen tuning file (expected a JSON object)")
+    table.setdefault(gpu, {}).setdefault(str(dtype)[6:], {})[bucket] = list(config)
+    # sorted keys, one configuration per line: stable diffs when a file is re-tuned
+    text = json.dumps(table, indent=1, sort_keys=True)
+    text = re.sub(
+        r"\[\s+([^\[\]]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text
+    )
+    write_atomic(path, text + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a module is an ordinary file
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def tma_ready(x: torch.Tensor, weight: torch.Tensor) -> bool:

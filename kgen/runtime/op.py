@@ -44,7 +44,7 @@ import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kgen import configs
-from kgen.runtime import checks, devices, launch, rowplan
+from kgen.runtime import autotune, checks, devices, launch, rowplan
 from kgen.runtime.launch import (
     COUNTS,
     DESC0,
@@ -467,7 +467,7 @@ class GemmOp:
         M, K = x.shape
         tma = tma and devices.tma_ready(x, weight)
         if config is None:
-            config = self.choose(M, N, K, x.dtype, tma, x.device)
+            config = self.choose(M, N, K, x.dtype, tma, x.device, args)
         save = save and self.backward is not None and self.backward.saves
         return self._plan(config, tma, args, views, lead, N, save)
 
@@ -500,12 +500,24 @@ class GemmOp:
         return views
 
     def choose(
-        self, M: int, N: int, K: int, dtype: torch.dtype, tma: bool, where: torch.device
+        self,
+        M: int,
+        N: int,
+        K: int,
+        dtype: torch.dtype,
+        tma: bool,
+        where: torch.device,
+        call: tuple[Any, ...] | None = None,
     ) -> configs.Config:
+        """The configuration for a shape: the tuning file's, else (with KGEN_AUTOTUNE=1)
+        the one tuned at first use on the arguments `call` (kgen/runtime/autotune.py),
+        else the heuristic's."""
         facts = devices.device(where)
         config = configs._tuned(
             self.tuning.get(facts.name, {}), dtype, configs.bucket(M, N, K), tma
         )
+        if config is None and call is not None and autotune.enabled():
+            config = autotune.first_use(self, call, M, N, K, dtype, tma, facts)
         if config is None:
             config = configs._heuristic(M, N, K, dtype, tma, facts.num_sms, facts.smem)
         return config
