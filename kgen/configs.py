@@ -18,6 +18,13 @@ its one store):
   44.8 / 45.3 (44.0), 8192^2 45.0 / 45.8 (44.1); M = 1, 4096^2: 19.2 / 19.8 (19.2); at
   32 and 64 rows "pointer" was 2-3 % faster. (A minimal kernel of the same form took
   17.3 us at 16x4096x4096: kgen's loop nest or epilogue costs the rest, unexplained.)
+  On an H100 (2026-12-07, same kernel, one process, L2 flushed), 6 stages and no split
+  were fastest for 1 and 16 rows: 4096^2 22.5 us against 23.4 for 5 stages split in two
+  (the heuristic then; torch.mm 22.6 / 23.6), 8192^2 60.2 for 5 or 6 stages unsplit
+  (mm 59.5 / 59.7). With 64 tiles (N = 4096) a split in two fills the SMs yet loses:
+  each program's weight stream is what the swap loop pipelines, and halving it leaves
+  the pipeline's fill and the partial sums' round trip; so the swap loop splits only
+  where its tiles fill a quarter of the SMs or less (e.g. N = 1024 and fewer columns).
 
 and `split_k` > 1 (kernels without row operations; not the persistent loop) splits each
 tile's k-steps among that many programs: each writes its fp32 partial sum to a workspace,
@@ -89,7 +96,7 @@ _CONFIGS: dict[str, Config] = {
     # few rows: M <= 32, and M <= 16 (decode); the weight's read decides
     "few_rows": (32, 64, 128, 8, 4, 4, "pointer", 1),
     "decode": (16, 64, 128, 8, 4, 4, "pointer", 1),
-    "decode_tma": (16, 64, 128, 8, 4, 5, "swap", 1),
+    "decode_tma": (16, 64, 128, 8, 4, 6, "swap", 1),
     # the seeds' conservative baseline (4 warps, 2 stages): K fits in one or two steps,
     # so deeper pipelining buys nothing
     "baseline": (64, 64, 32, 8, 4, 2, "pointer", 1),
@@ -150,11 +157,13 @@ def _heuristic(
     tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
     k_steps = triton.cdiv(K, block_k)
     # (a persistent loop does not split: few tiles of 128x256 with many of 128x128,
-    # e.g. 385x3969x1985, would otherwise ask it to)
+    # e.g. 385x3969x1985, would otherwise ask it to; the "swap" loop splits only where
+    # its tiles fill a quarter of the SMs or less: see split_k above)
+    per_sm = 4 if loop == "swap" else 2
     while (
         loop != "persistent"
         and split_k < 8
-        and tiles * split_k * 2 <= num_sms
+        and tiles * split_k * per_sm <= num_sms
         and k_steps >= max(32, 8 * split_k)
     ):
         split_k *= 2
