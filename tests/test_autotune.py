@@ -17,7 +17,7 @@ import torch
 from helpers import ROOT, build_and_import
 
 from kgen import configs, tune
-from kgen.runtime import autotune
+from kgen.runtime import autotune, devices
 from kgen.runtime import search as runtime_search
 
 SPEC = "gemm: linear(in_features, out_features)\nepilogue: bias; gelu\n"
@@ -276,3 +276,59 @@ def test_first_use_tuning_on_the_gpu(tmp_path) -> None:
     assert gpu == torch.cuda.get_device_name()
     assert configs.bucket(96, 768, 1024) in table[gpu]["float16"]
     assert torch.equal(torch.load(tmp_path / "out0.pt"), torch.load(tmp_path / "out1.pt"))
+
+
+ROWS = "gemm: linear(in_features, out_features)\nepilogue: bias; softmax\n"
+
+
+@pytest.mark.parametrize("text", [SPEC, ROWS])
+def test_the_search_times_survivors_and_picks_the_fastest(text: str, tmp_path, monkeypatch):
+    """kgen.runtime.search.search (kgen tune's and first use's) with the compiler's
+    report and the clock stood in for: spilling candidates are dropped except the
+    heuristic's, which is always timed; the fastest survivor wins; a kernel with row
+    operations never splits K."""
+    _, module = build_and_import(text, tmp_path)
+    op = module._OP
+    facts = devices.device(torch.device("cpu"))
+    shape = (64, 64, 4096)  # long K: split-K candidates exist
+    default = configs._heuristic(*shape, torch.float16, True, facts.num_sms, facts.smem)
+    if op.rows is not None:
+        default = (*default[:7], 1)
+    seen: list[configs.Config] = []
+
+    def compile_all(op_, cands, call, tma):
+        seen.extend(cands)
+        return [
+            runtime_search.Candidate(c, regs=128, spills=100 if i % 3 == 0 or c == default else 0)
+            for i, c in enumerate(cands)
+        ]
+
+    class Plan:
+        def __init__(self, config):
+            self.config = config
+
+        def run(self, call):
+            return self.config
+
+    times: dict[configs.Config, float] = {}  # each survivor its own time, the heuristic's slowest
+
+    def median_ms(fn, warmup=25, rep=100):
+        config = fn()
+        return times.setdefault(config, 2.0 if config == default else 1.0 + 0.01 * len(times))
+
+    monkeypatch.setattr(runtime_search, "compile_all", compile_all)
+    monkeypatch.setattr(runtime_search, "median_ms", median_ms)
+    monkeypatch.setattr(op, "plan", lambda *args, config, tma: Plan(config))
+    best, results = runtime_search.search(op, (), *shape, torch.float16, True, facts)
+    assert default in seen
+    if op.rows is not None:
+        assert all(c[7] == 1 for c in seen)
+    else:
+        assert any(c[7] > 1 for c in seen)
+    by_config = {r.config: r for r in results}
+    assert by_config[default].error is None and by_config[default].ms == 2.0  # timed
+    dropped = [r for r in results if r.spills > runtime_search.MAX_SPILLS and r.config != default]
+    assert dropped and all(r.error == "100 spilled words" and r.ms == float("inf") for r in dropped)
+    timed = [r for r in results if r.error is None]
+    assert best is not None and best.ms == min(r.ms for r in timed)
+    assert best.spills <= runtime_search.MAX_SPILLS and best.config != default
