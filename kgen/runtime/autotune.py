@@ -17,7 +17,7 @@ version and kgen's, so a rebuilt or changed kernel never reads another's entries
 entry into the tuning file beside the module to commit it. Without the switch nothing is
 read or written: a module behaves exactly as its committed files say.
 
-A search takes tens of seconds (dozens of kernels to compile and time) and runs once per
+A search takes seconds to a minute (dozens of kernels to compile and time) and runs once per
 kernel, GPU, dtype and shape bucket. It does not run where nothing can be timed, or
 where timing would break the caller: under Triton's interpreter, and while a CUDA graph
 is being captured (the heuristic's configuration is used there, and not recorded).
