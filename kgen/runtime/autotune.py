@@ -30,6 +30,7 @@ import hashlib
 import os
 import sys
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ _OFF = ("", "0", "false", "no", "off")
 
 # cache file -> its table, as read (or written) by this process
 _TABLES: dict[Path, dict[str, Any]] = {}
+# op -> the hash in its cache file's name (the module's text is read once)
+_DIGESTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def enabled() -> bool:
@@ -63,10 +66,13 @@ def cache_dir() -> Path:
 
 
 def cache_path(op: Any) -> Path:
-    """The cache file of `op` (a GemmOp): named by its kernel and a hash of the kernel's
-    source and dependencies, Triton's version and kgen's."""
-    digest = hashlib.sha256(f"{_identity(op)}|{triton.__version__}|{__version__}".encode())
-    return cache_dir() / "tuning" / f"{op.name}-{digest.hexdigest()[:16]}.json"
+    """The cache file of `op` (a GemmOp): named by its kernel and a hash of its generated
+    module's text, Triton's version and kgen's (hashed once per op)."""
+    digest = _DIGESTS.get(op)
+    if digest is None:
+        text = f"{_identity(op)}|{triton.__version__}|{__version__}"
+        digest = _DIGESTS[op] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return cache_dir() / "tuning" / f"{op.name}-{digest}.json"
 
 
 def _identity(op: Any) -> str:
@@ -134,7 +140,7 @@ def first_use(
     path = cache_path(op)
     what = f"{op.name} {M}x{N}x{K} {str(dtype)[6:]} on {facts.name}"
     print(
-        f"kgen: tuning {what} (first use of shape bucket {bucket}; {ENV}=1), " f"cached in {path}",
+        f"kgen: tuning {what} (first use of shape bucket {bucket}; {ENV}=1), cached in {path}",
         file=sys.stderr,
         flush=True,
     )
@@ -147,7 +153,7 @@ def first_use(
     if best is None:
         warnings.warn(f"kgen: tuning {what}: no candidate ran; untuned", stacklevel=3)
         return None
-    default = configs._heuristic(M, N, K, dtype, tma, facts.num_sms, facts.smem)
+    default = search.untuned(op, M, N, K, dtype, tma, facts)
     untuned = next((r.ms for r in results if r.config == default), float("nan"))
     try:
         _record(path, facts.name, dtype, bucket, best.config)

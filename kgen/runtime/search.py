@@ -186,6 +186,15 @@ def compile_all(
     return results
 
 
+def untuned(
+    op: Any, M: int, N: int, K: int, dtype: torch.dtype, tma: bool, facts: devices.Device
+) -> configs.Config:
+    """What `op` launches for this shape without tuning: the heuristic's choice (kernels
+    with row operations do not split K)."""
+    default = configs._heuristic(M, N, K, dtype, tma, facts.num_sms, facts.smem)
+    return default if op.rows is None else (*default[:7], 1)
+
+
 def search(
     op: Any,
     call: Sequence[Any],
@@ -204,10 +213,9 @@ def search(
     from tqdm import tqdm
 
     cands = configs.candidates(M, N, K, dtype, tma, facts.num_sms)
-    default = configs._heuristic(M, N, K, dtype, tma, facts.num_sms, facts.smem)
+    default = untuned(op, M, N, K, dtype, tma, facts)
     if op.rows is not None:
         cands = [c for c in cands if c[7] == 1]
-        default = (*default[:7], 1)
     if default not in cands:
         cands = [*cands, default]
     results = compile_all(op, cands, call, tma)
