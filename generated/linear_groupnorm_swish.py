@@ -17,6 +17,16 @@ import kgen.runtime.op as _runtime
 
 
 @triton.jit
+def _sigmoid(x):
+    # e = exp(-|x|) never overflows; 1 / (1 + e) for x >= 0, e / (1 + e) for x < 0, so
+    # tiny results keep their relative precision (not 1 / (1 + e^-x): past x = -88.7,
+    # e^-x is Inf and x * sigmoid(x) would be 0 where it is a normal number). The
+    # numerator is selected before the one division.
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0.0, 1.0, e) / (1.0 + e)
+
+
+@triton.jit
 def _silu(x):
     # x * sigmoid(x) as (x * (1 or e)) / (1 + e), e = exp(-|x|) (see _sigmoid): one
     # exp, one division. x = -Inf gives -Inf * 0 = NaN, as torch's does.
@@ -366,6 +376,129 @@ def linear_groupnorm_swish_finish(
             )
 
 
+@triton.jit
+def linear_groupnorm_swish_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    groupnorm_weight_ptr,
+    groupnorm_bias_ptr,
+    _grad_bias_ptr,
+    _grad_groupnorm_weight_ptr,
+    _grad_groupnorm_bias_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride__dout_n,
+    stride_bias_n,
+    stride_groupnorm_weight_n,
+    stride_groupnorm_bias_n,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+    SEG_0: tl.constexpr,
+    NSEG_0: tl.constexpr,
+    SEG_1: tl.constexpr,
+    NSEG_1: tl.constexpr,
+    SEG_2: tl.constexpr,
+    NSEG_2: tl.constexpr,
+    SEG_3: tl.constexpr,
+    NSEG_3: tl.constexpr,
+    SEG_4: tl.constexpr,
+    NSEG_4: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of linear_groupnorm_swish's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride__dout_n = stride__dout_n + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+        stride_groupnorm_weight_n = stride_groupnorm_weight_n + tl.zeros([], dtype=tl.int64)
+        stride_groupnorm_bias_n = stride_groupnorm_bias_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[linear_groupnorm_swish.fuse:2]: epilogue: bias; groupnorm(256); swish
+    bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    bias_2 = acc + bias_1
+    weight_4 = tl.load(
+        groupnorm_weight_ptr + offs_n * stride_groupnorm_weight_n, mask=mask_n, other=0.0
+    ).to(tl.float32)[None, :]
+    bias_5 = tl.load(
+        groupnorm_bias_ptr + offs_n * stride_groupnorm_bias_n, mask=mask_n, other=0.0
+    ).to(tl.float32)[None, :]
+    mean_0 = _seg_reduce(tl.where(mask_n[None, :], bias_2, 0.0), SEG_0, NSEG_0, "sum") / SEG_0
+    centred_0 = tl.where(mask_n[None, :], bias_2 - _seg_bcast(mean_0, SEG_0, BLOCK_N), 0.0)
+    var_0 = _seg_reduce(centred_0 * centred_0, SEG_0, NSEG_0, "sum") / SEG_0
+    rstd_0 = 1.0 / tl.sqrt_rn(var_0 + 1e-05)
+    groupnorm_0 = (bias_2 - _seg_bcast(mean_0, SEG_0, BLOCK_N)) * _seg_bcast(
+        rstd_0, SEG_0, BLOCK_N
+    ) * weight_4 + bias_5
+    # src[linear_groupnorm_swish.fuse:1]: # swish(groupnorm(x @ W^T + b)), as nn.GroupNorm(256, out_features)
+    dout_7 = tl.load(
+        _dout_ptr + (offs_m[:, None] * stride__dout_m + offs_n[None, :] * stride__dout_n),
+        mask=mask_mn,
+        other=0.0,
+    ).to(tl.float32)
+    # src[linear_groupnorm_swish.fuse:2]: epilogue: bias; groupnorm(256); swish
+    d_silu_8 = _sigmoid(groupnorm_0)
+    d_silu_9 = dout_7 * d_silu_8
+    d_silu_11 = 1.0 - d_silu_8
+    d_silu_12 = groupnorm_0 * d_silu_11
+    d_silu_13 = 1.0 + d_silu_12
+    d_silu_14 = d_silu_9 * d_silu_13
+    row_sum_0 = _seg_reduce(tl.where(mask_n[None, :], bias_2, 0.0), SEG_1, NSEG_1, "sum")
+    group_mean_0 = _seg_bcast(row_sum_0, SEG_1, BLOCK_N) / SEG_1
+    d_groupnorm_16 = bias_2 - group_mean_0
+    d_groupnorm_17 = d_groupnorm_16 * d_groupnorm_16
+    row_sum_1000 = _seg_reduce(tl.where(mask_n[None, :], d_groupnorm_17, 0.0), SEG_2, NSEG_2, "sum")
+    group_mean_1000 = _seg_bcast(row_sum_1000, SEG_2, BLOCK_N) / SEG_2
+    d_groupnorm_19 = group_mean_1000 + 1e-05
+    d_groupnorm_20 = tl.where(
+        d_groupnorm_19 < 1.1754943508222875e-38,
+        tl.rsqrt(d_groupnorm_19 * 18446744073709551616.0) * 4294967296.0,
+        tl.rsqrt(d_groupnorm_19),
+    )
+    d_groupnorm_21 = d_groupnorm_16 * d_groupnorm_20
+    d_groupnorm_22 = d_silu_14 * weight_4
+    row_sum_2000 = _seg_reduce(tl.where(mask_n[None, :], d_groupnorm_22, 0.0), SEG_3, NSEG_3, "sum")
+    group_mean_2000 = _seg_bcast(row_sum_2000, SEG_3, BLOCK_N) / SEG_3
+    d_groupnorm_24 = d_groupnorm_22 - group_mean_2000
+    d_groupnorm_25 = d_groupnorm_22 * d_groupnorm_21
+    row_sum_3000 = _seg_reduce(tl.where(mask_n[None, :], d_groupnorm_25, 0.0), SEG_4, NSEG_4, "sum")
+    group_mean_3000 = _seg_bcast(row_sum_3000, SEG_4, BLOCK_N) / SEG_4
+    d_groupnorm_27 = d_groupnorm_21 * group_mean_3000
+    d_groupnorm_28 = d_groupnorm_24 - d_groupnorm_27
+    d_groupnorm_29 = d_groupnorm_20 * d_groupnorm_28
+    d_groupnorm_30 = d_silu_14 * d_groupnorm_21
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_groupnorm_29.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_groupnorm_29, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+    grad_groupnorm_weight_0 = tl.where(mask_mn, d_groupnorm_30, 0.0)
+    tl.store(
+        _grad_groupnorm_weight_ptr + pid_m * N + offs_n,
+        tl.sum(grad_groupnorm_weight_0, axis=0),
+        mask=mask_n,
+    )
+    grad_groupnorm_bias_0 = tl.where(mask_mn, d_silu_14, 0.0)
+    tl.store(
+        _grad_groupnorm_bias_ptr + pid_m * N + offs_n,
+        tl.sum(grad_groupnorm_bias_0, axis=0),
+        mask=mask_n,
+    )
+
+
 _OP = _runtime.GemmOp(
     "linear_groupnorm_swish",
     linear_groupnorm_swish_kernel,
@@ -383,7 +516,13 @@ _OP = _runtime.GemmOp(
         columns="N",
         pool=1,
     ),
-    no_backward="groupnorm (linear_groupnorm_swish.fuse:2:17) has no derivative rule yet",
+    backward=_runtime.Backward(
+        kernel=linear_groupnorm_swish_backward,
+        grads=("bias", "groupnorm_weight", "groupnorm_bias"),
+        saves=True,
+        rows=True,
+        segments=(256, 256, 256, 256, 256),
+    ),
     tuning_file=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "linear_groupnorm_swish.tuning.json"
     ),

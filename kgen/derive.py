@@ -37,7 +37,7 @@ import torch
 
 from kgen.errors import Span
 from kgen.ir import Instr, Kernel, Kind, Operand, Role
-from kgen.ops import OPS, ROW_OPS, RowKind
+from kgen.ops import ALL_ROW_OPS, OPS, ROW_OPS, RowKind
 
 DOUT = "_dout"  # the gradient of the output: a tensor operand of the backward
 COUNT = "N"  # the number of columns of a row, as an fp32 argument of the backward
@@ -149,6 +149,7 @@ class Rules:
             self.numbers.setdefault(self._key(instr), instr.id)
         self.span = body[0].span
         self.hint = "d"
+        self.size = 0  # the running op's groups (a row op's segments), for group_mean
 
     @staticmethod
     def _key(instr: Instr) -> tuple[Any, ...]:
@@ -208,7 +209,7 @@ class Rules:
     def __getattr__(self, name: str) -> Any:
         if name in OPS:
             return lambda *args: self.op(name, *args)
-        if name in ROW_OPS:
+        if name in ALL_ROW_OPS:
             return lambda v: self.row(name, v)
         raise AttributeError(name)
 
@@ -216,16 +217,18 @@ class Rules:
         """A whole-row operation on v. A gradient carried as one value per row stands
         for that value in every column: its row sum is N times it, its mean itself."""
         v = self.value(arg)
-        rowdef = ROW_OPS[name]
+        rowdef = ALL_ROW_OPS[name]
         if v.kind is not Kind.TILE:
             if name == "row_sum":
                 return v * self.count()
-            if name == "row_mean":
+            if name in ("row_mean", "group_mean"):
                 return v
             raise NotDifferentiable(name, self.span)
         if rowdef.kind is RowKind.REDUCE:
             return self.emit(name, (v.id,), Kind.ROW, row=rowdef.kind.value)
-        return self.emit(name, (v.id,), v.kind, row=rowdef.kind.value)
+        # a segment op (group_mean) takes the segments of the op whose rule is running
+        size = self.size if rowdef.size else 0
+        return self.emit(name, (v.id,), v.kind, row=rowdef.kind.value, size=size)
 
     def count(self) -> Value:
         """The number of columns in a row (GEMM columns: rules run before any pool)."""
@@ -263,6 +266,7 @@ def derive(kernel: Kernel) -> Backward:
         if g is None or instr.op in ("gemm", "load") or not active[instr.id]:
             continue
         rules.span, rules.hint = instr.span, f"d_{instr.hint or instr.op}"
+        rules.size = instr.size
         y = Value(rules, instr.id)
         args = [Value(rules, a) for a in instr.args]
         if instr.row:

@@ -714,8 +714,14 @@ def _group_norm(
     x: torch.Tensor, groups: int, eps: float, weight: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
     """F.group_norm of [M, C] (biased variance); written out where torch refuses: one
-    value per group with M = 1, which is well defined (the result is the bias)."""
+    value per group with M = 1, which is well defined (the result is the bias). A
+    weight and bias of [M, C] (one per element) apply elementwise."""
     M, C = x.shape
+    if weight.dim() == 2:  # per element ([M, C]: the gradient oracle's copies)
+        return (
+            _group_norm(x, groups, eps, torch.ones_like(x[0]), torch.zeros_like(x[0])) * (weight)
+            + bias
+        )
     if M * (C // groups) > 1:  # what a PyTorch user runs (and kgen bench times as eager)
         return F.group_norm(x, groups, weight, bias, eps)
     g = x.reshape(M, groups, C // groups)
@@ -745,6 +751,26 @@ def _d_layernorm(d: Any, g: Any, y: Any, x: Any, eps: Any) -> tuple[Any, ...]:
     centred = x - d.row_mean(x)
     rstd = d.rsqrt(d.row_mean(centred * centred) + eps)
     return rstd * (g - d.row_mean(g) - y * d.row_mean(g * y)), None
+
+
+def _d_groupnorm(
+    d: Any, g: Any, y: Any, x: Any, eps: Any, weight: Any, bias: Any
+) -> tuple[Any, ...]:
+    # y = xhat w + b, xhat = (x - mean_G) rstd_G over each group G of columns:
+    # dx = rstd (gw - mean_G(gw) - xhat mean_G(gw xhat)) with gw = g w; dw = g xhat and
+    # db = g (summed over the rows by the operands' reduction); rstd recomputed
+    centred = x - d.group_mean(x)
+    rstd = d.rsqrt(d.group_mean(centred * centred) + eps)
+    xhat = centred * rstd
+    gw = g * weight
+    dx = rstd * (gw - d.group_mean(gw) - xhat * d.group_mean(gw * xhat))
+    return dx, None, g * xhat, g
+
+
+def _group_mean(x: torch.Tensor, groups: int, *_: Any) -> torch.Tensor:
+    M, C = x.shape
+    g = x.reshape(M, groups, C // groups)
+    return g.mean(dim=2, keepdim=True).expand(g.shape).reshape(M, C)
 
 
 _ROW_OPS = [
@@ -847,6 +873,7 @@ _ROW_OPS = [
         eps=True,
         size="groups",
         affine=True,
+        grad=_d_groupnorm,
     ),
     RowOpDef(
         "avgpool",
@@ -869,6 +896,22 @@ _ROW_OPS = [
 ]
 
 ROW_OPS: dict[str, RowOpDef] = {op.name: op for op in _ROW_OPS}
+
+# Row operations that only derivative rules write (kgen.derive), never a spec: not in
+# the language, so not in ROW_OPS; the lowering finds them in ALL_ROW_OPS.
+_INTERNAL_ROW_OPS = [
+    RowOpDef(
+        "group_mean",
+        RowKind.NORMALIZE,
+        "the mean of each of `groups` groups of columns, in each column of the group",
+        _group_mean,
+        "sum",
+        "{sum} / {count}",
+        size="groups",
+        grad=lambda d, g, y, x: (d.group_mean(g),),
+    ),
+]
+ALL_ROW_OPS: dict[str, RowOpDef] = {**ROW_OPS, **{op.name: op for op in _INTERNAL_ROW_OPS}}
 
 
 def lookup(name: str) -> OpDef | None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from kgen.ir import Gemm, Instr, Kernel, Kind, Role
-from kgen.ops import OPS, ROW_OPS, ArgType
+from kgen.ops import ALL_ROW_OPS, OPS, ArgType
 
 
 def _fp32(value: float) -> float:
@@ -127,7 +127,7 @@ def trace(
             value = _fp32(float(instr.attr))  # type: ignore[arg-type]
         elif instr.op in ("arg", "load"):
             value = _shaped(kernel, str(instr.attr), operands[str(instr.attr)], dtype)
-        elif instr.op in ROW_OPS:
+        elif instr.op in ALL_ROW_OPS:
             value = _row_op(kernel, instr, values, acc)
         else:
             opdef = OPS[instr.op]
@@ -167,7 +167,7 @@ def output_shape(kernel: Kernel, M: int, N: int) -> tuple[int, ...]:
 
 def _row_op(kernel: Kernel, instr: Any, values: list[Any], acc: torch.Tensor) -> torch.Tensor:
     """A row operation on a value held as [M, W] ([M, 1] for one value per row)."""
-    rowdef = ROW_OPS[instr.op]
+    rowdef = ALL_ROW_OPS[instr.op]
     x = values[instr.args[0]]
     M = acc.shape[0]
     x = x.expand(M, x.shape[1]) if x.dim() == 2 else x.reshape(M, -1)
@@ -178,7 +178,8 @@ def _row_op(kernel: Kernel, instr: Any, values: list[Any], acc: torch.Tensor) ->
         eps = float(e.reshape(-1)[0]) if isinstance(e, torch.Tensor) else float(e)
     weight = bias = None
     if rowdef.affine:
-        weight, bias = (t.reshape(-1) for t in rest)
+        # [N] as [1, N], or per element as [M, N] (kgen.testing's gradient leaves)
+        weight, bias = (t.reshape(-1) if t.dim() < 2 or t.shape[0] == 1 else t for t in rest)
     result = rowdef.reference(x, instr.size, eps, weight, bias)
     return result.to(acc.dtype)
 

@@ -9,7 +9,9 @@ forward), then stores dz (in the GEMM's dtype) and each operand's gradient in fp
 an [M, N] operand's per element, the others as one partial sum per tile (an [N]
 operand's over the tile's rows, an [M] operand's over its columns, a scalar's over
 both), which the runtime adds up. With row operations a program holds whole rows
-(BLOCK_N >= N), as the derivative's row sums need.
+(BLOCK_N >= N), as the derivative's row sums need; one on groups of columns (groupnorm)
+reduces each group of the row in registers (SEG_i columns a group, NSEG_i groups a
+tile, as the forward's in-tile row operations do).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from kgen.ir import Kind, Operand
 from kgen.lower.epilogue import Level, Writer
 from kgen.lower.steps import RowStep
 from kgen.lower.text import new_namer
-from kgen.ops import ROW_OPS
+from kgen.ops import ALL_ROW_OPS
 
 _HAS_COLUMNS = (Kind.TILE, Kind.COL)
 
@@ -40,6 +42,14 @@ def grad_pointer(name: str) -> str:
     return f"_grad_{name}_ptr"
 
 
+def segment_sizes(backward: Backward) -> tuple[int, ...]:
+    """Per row operation of the backward IR, in order: its groups where it works on
+    groups of columns (groupnorm, group_mean; the kernel takes SEG_i and NSEG_i for
+    it), else 0 (the whole row, or one value per row)."""
+    bk = backward.kernel
+    return tuple(i.size if bk.value(i.args[0]).kind is Kind.TILE else 0 for i in bk.body if i.row)
+
+
 def backward_kernel(backward: Backward) -> str:
     bk = backward.kernel
     tensors = [o for o in bk.operands if o.role.is_tensor and o.name != DOUT]
@@ -51,6 +61,12 @@ def backward_kernel(backward: Backward) -> str:
     floats = [o.name for o in bk.floats if o.name != "N"]
     params = [*pointers, "M", "N", *strides, *floats]
     params += ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "WIDE: tl.constexpr"]
+    params += [
+        f"{c}_{i}: tl.constexpr"
+        for i, size in enumerate(segment_sizes(backward))
+        if size
+        for c in ("SEG", "NSEG")
+    ]
     lines = [
         "@triton.jit",
         f"def {bk.name}(",
@@ -79,7 +95,9 @@ def backward_kernel(backward: Backward) -> str:
     for instr in bk.body[1:]:
         if instr.row:
             x = bk.value(instr.args[0])
-            step = RowStep(index, instr, ROW_OPS[instr.op], 1, x.kind is not Kind.TILE, True, False)
+            trivial = x.kind is not Kind.TILE
+            whole = trivial or not instr.size  # else a program's row holds instr.size groups
+            step = RowStep(index, instr, ALL_ROW_OPS[instr.op], 1, trivial, whole, False)
             writer.row_in_tile(step)
             index += 1
         else:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from kgen.ir import Instr, Kernel, Kind, Operand
 from kgen.lower.steps import RowStep
 from kgen.lower.text import Namer, comment, literal
-from kgen.ops import OPS, ROW_OPS, RowKind, RowOpDef, absolute_forms
+from kgen.ops import ALL_ROW_OPS, OPS, RowKind, RowOpDef, absolute_forms
 
 _FLT_MAX = "3.4028234663852886e38"
 
@@ -158,7 +158,7 @@ class Writer:
             count = f"SEG_{i}"
         stats = self._statistics(rowdef, v, ok, red, bc, count, instr)
         if rowdef.kind is RowKind.NORMALIZE:
-            fields = {k: bc(s) for k, s in stats.items()}
+            fields = {k: s if k == "count" else bc(s) for k, s in stats.items()}
             fields.update(self._affine(instr))
             expr = rowdef.apply.format(x=v, **fields)
         else:
@@ -166,7 +166,7 @@ class Writer:
         self.names[instr.id] = self.assign(instr.op, expr)
 
     def _affine(self, instr: Instr) -> dict[str, str]:
-        if not ROW_OPS[instr.op].affine:
+        if not ALL_ROW_OPS[instr.op].affine:
             return {}
         return {"weight": self.names[instr.args[2]], "bias": self.names[instr.args[3]]}
 

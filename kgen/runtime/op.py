@@ -100,12 +100,14 @@ class Rows(NamedTuple):
 class Backward(NamedTuple):
     """A kernel's backward (kgen/lower/backward.py): its kernel, the tensor operands that
     get a gradient from it (the others' is zero), whether it reads the accumulator the
-    forward saves, and whether it needs whole rows."""
+    forward saves, whether it needs whole rows, and, per row operation, the groups of
+    columns it works on (0: the whole row)."""
 
     kernel: Any
     grads: tuple[str, ...]
     saves: bool
     rows: bool
+    segments: tuple[int, ...] = ()  # per row op: its groups of columns, or 0
 
 
 _BACKWARD_ELEMENTS = 4096  # a backward program's tile: BLOCK_M * BLOCK_N elements at most
@@ -392,6 +394,15 @@ class GemmOp:
         for (name, _), value in zip(self.floats, floats, strict=True):
             kwargs[name] = value
         kwargs["WIDE"] = devices.wide(*views, g) or M * N >= 2**31 - 1
+        for i, groups in enumerate(backward.segments):
+            if groups:  # SEG_i columns a group, NSEG_i groups (or gathers) a register tile
+                seg = N // groups
+                kwargs[f"SEG_{i}"] = seg
+                kwargs[f"NSEG_{i}"] = (
+                    block_n // seg
+                    if seg & (seg - 1) == 0
+                    else triton.next_power_of_2(-(-block_n // seg))
+                )
         if M * N:
             backward.kernel[grid](**kwargs)
         else:
