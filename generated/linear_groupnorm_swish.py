@@ -407,12 +407,16 @@ def linear_groupnorm_swish_backward(
     NSEG_3: tl.constexpr,
     SEG_4: tl.constexpr,
     NSEG_4: tl.constexpr,
+    COLS: tl.constexpr,
 ):
     """The gradients of a [BLOCK_M, BLOCK_N] tile of linear_groupnorm_swish's output: its accumulator's (dz) and its operands'."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if COLS != SEG_0:
+        slot = offs_n % SEG_0
+        offs_n = offs_n // SEG_0 * COLS + tl.where(slot < COLS, slot, N)
     if WIDE:
         offs_m = offs_m.to(tl.int64)
         offs_n = offs_n.to(tl.int64)
@@ -437,9 +441,9 @@ def linear_groupnorm_swish_backward(
     bias_5 = tl.load(
         groupnorm_bias_ptr + offs_n * stride_groupnorm_bias_n, mask=mask_n, other=0.0
     ).to(tl.float32)[None, :]
-    mean_0 = _seg_reduce(tl.where(mask_n[None, :], bias_2, 0.0), SEG_0, NSEG_0, "sum") / SEG_0
+    mean_0 = _seg_reduce(tl.where(mask_n[None, :], bias_2, 0.0), SEG_0, NSEG_0, "sum") / COLS
     centred_0 = tl.where(mask_n[None, :], bias_2 - _seg_bcast(mean_0, SEG_0, BLOCK_N), 0.0)
-    var_0 = _seg_reduce(centred_0 * centred_0, SEG_0, NSEG_0, "sum") / SEG_0
+    var_0 = _seg_reduce(centred_0 * centred_0, SEG_0, NSEG_0, "sum") / COLS
     rstd_0 = 1.0 / tl.sqrt_rn(var_0 + 1e-05)
     groupnorm_0 = (bias_2 - _seg_bcast(mean_0, SEG_0, BLOCK_N)) * _seg_bcast(
         rstd_0, SEG_0, BLOCK_N
@@ -458,11 +462,11 @@ def linear_groupnorm_swish_backward(
     d_silu_13 = 1.0 + d_silu_12
     d_silu_14 = d_silu_9 * d_silu_13
     row_sum_0 = _seg_reduce(tl.where(mask_n[None, :], bias_2, 0.0), SEG_1, NSEG_1, "sum")
-    group_mean_0 = _seg_bcast(row_sum_0, SEG_1, BLOCK_N) / SEG_1
+    group_mean_0 = _seg_bcast(row_sum_0, SEG_1, BLOCK_N) / COLS
     d_groupnorm_16 = bias_2 - group_mean_0
     d_groupnorm_17 = d_groupnorm_16 * d_groupnorm_16
     row_sum_1000 = _seg_reduce(tl.where(mask_n[None, :], d_groupnorm_17, 0.0), SEG_2, NSEG_2, "sum")
-    group_mean_1000 = _seg_bcast(row_sum_1000, SEG_2, BLOCK_N) / SEG_2
+    group_mean_1000 = _seg_bcast(row_sum_1000, SEG_2, BLOCK_N) / COLS
     d_groupnorm_19 = group_mean_1000 + 1e-05
     d_groupnorm_20 = tl.where(
         d_groupnorm_19 < 1.1754943508222875e-38,
@@ -472,11 +476,11 @@ def linear_groupnorm_swish_backward(
     d_groupnorm_21 = d_groupnorm_16 * d_groupnorm_20
     d_groupnorm_22 = d_silu_14 * weight_4
     row_sum_2000 = _seg_reduce(tl.where(mask_n[None, :], d_groupnorm_22, 0.0), SEG_3, NSEG_3, "sum")
-    group_mean_2000 = _seg_bcast(row_sum_2000, SEG_3, BLOCK_N) / SEG_3
+    group_mean_2000 = _seg_bcast(row_sum_2000, SEG_3, BLOCK_N) / COLS
     d_groupnorm_24 = d_groupnorm_22 - group_mean_2000
     d_groupnorm_25 = d_groupnorm_22 * d_groupnorm_21
     row_sum_3000 = _seg_reduce(tl.where(mask_n[None, :], d_groupnorm_25, 0.0), SEG_4, NSEG_4, "sum")
-    group_mean_3000 = _seg_bcast(row_sum_3000, SEG_4, BLOCK_N) / SEG_4
+    group_mean_3000 = _seg_bcast(row_sum_3000, SEG_4, BLOCK_N) / COLS
     d_groupnorm_27 = d_groupnorm_21 * group_mean_3000
     d_groupnorm_28 = d_groupnorm_24 - d_groupnorm_27
     d_groupnorm_29 = d_groupnorm_20 * d_groupnorm_28

@@ -583,9 +583,12 @@ def rule_store_count(m: Module) -> Iterator[Problem]:
             for line, written in path:
                 for base in sorted(written):
                     if base in seen:
-                        yield fn.lineno, (
-                            f"kernel `{fn.name}` stores to `{base}` twice on one path "
-                            f"(lines {seen[base]}, {line}): keep one final store per output"
+                        yield (
+                            fn.lineno,
+                            (
+                                f"kernel `{fn.name}` stores to `{base}` twice on one path "
+                                f"(lines {seen[base]}, {line}): keep one final store per output"
+                            ),
                         )
                         break
                     seen[base] = line
@@ -594,9 +597,12 @@ def rule_store_count(m: Module) -> Iterator[Problem]:
             written = frozenset().union(*targets)
             for name, param in zip(outputs.names, outputs.params, strict=True):
                 if param not in written:
-                    yield fn.lineno, (
-                        f"kernel `{fn.name}` never stores output `{name}` (its parameter "
-                        f"`{param}`) on any path, but {why}"
+                    yield (
+                        fn.lineno,
+                        (
+                            f"kernel `{fn.name}` never stores output `{name}` (its parameter "
+                            f"`{param}`) on any path, but {why}"
+                        ),
                     )
 
 

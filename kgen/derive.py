@@ -259,6 +259,12 @@ def derive(kernel: Kernel) -> Backward:
             missing = ROW_OPS[instr.op].grad if instr.row else OPS[instr.op].grad
             if missing is None and kernel.value(instr.args[0]).kind is Kind.TILE:
                 raise NotDifferentiable(instr.op, instr.span)
+    # the backward kernel lays a row out in slots of one group width (kgen/lower/backward.py)
+    groupwise = [
+        i for i in kernel.row_ops if i.size > 1 and kernel.value(i.args[0]).kind is Kind.TILE
+    ]
+    if len({i.size for i in groupwise if active[i.id]}) > 1:
+        raise NotDifferentiable(f"{groupwise[-1].op} after one of other groups", groupwise[-1].span)
 
     grads: dict[int, Value] = {kernel.result: dout}
     for instr in reversed(kernel.body):

@@ -703,8 +703,7 @@ def gradient_errors(
     ):
         if got.shape != arg.shape or got.dtype != arg.dtype:
             problems.append(
-                f"{name}: gradient {got.dtype} {list(got.shape)}, not {arg.dtype} "
-                f"{list(arg.shape)}"
+                f"{name}: gradient {got.dtype} {list(got.shape)}, not {arg.dtype} {list(arg.shape)}"
             )
             continue
         finite = torch.isfinite(want.to(arg.dtype))  # Inf is right past the dtype's range

@@ -45,9 +45,29 @@ def grad_pointer(name: str) -> str:
 def segment_sizes(backward: Backward) -> tuple[int, ...]:
     """Per row operation of the backward IR, in order: its groups where it works on
     groups of columns (groupnorm, group_mean; the kernel takes SEG_i and NSEG_i for
-    it), else 0 (the whole row, or one value per row)."""
+    it), else 0 (the whole row, or one value per row). All groupwise ones have the same
+    groups (kgen.derive refuses others), as the kernel's slots need."""
     bk = backward.kernel
-    return tuple(i.size if bk.value(i.args[0]).kind is Kind.TILE else 0 for i in bk.body if i.row)
+    return tuple(
+        i.size if i.size > 1 and bk.value(i.args[0]).kind is Kind.TILE else 0
+        for i in bk.body
+        if i.row
+    )
+
+
+def _slots(segments: tuple[int, ...]) -> list[str]:
+    """With groups of columns, a group of COLS columns sits in a power-of-two slot of
+    SEG_i register columns (the padding masked off), so that every group reduction is a
+    reshape: no gathers (Triton 3.6 cannot lay out some of them: an assertion in
+    TritonGPUOptimizeThreadLocality for small or one-row tiles), whatever COLS is."""
+    if not any(segments):
+        return []
+    seg = f"SEG_{next(i for i, size in enumerate(segments) if size)}"
+    return [
+        f"    if COLS != {seg}:",
+        f"        slot = offs_n % {seg}",
+        f"        offs_n = offs_n // {seg} * COLS + tl.where(slot < COLS, slot, N)",
+    ]
 
 
 def backward_kernel(backward: Backward) -> str:
@@ -61,12 +81,13 @@ def backward_kernel(backward: Backward) -> str:
     floats = [o.name for o in bk.floats if o.name != "N"]
     params = [*pointers, "M", "N", *strides, *floats]
     params += ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "WIDE: tl.constexpr"]
+    segments = segment_sizes(backward)
     params += [
-        f"{c}_{i}: tl.constexpr"
-        for i, size in enumerate(segment_sizes(backward))
-        if size
-        for c in ("SEG", "NSEG")
+        f"{c}_{i}: tl.constexpr" for i, size in enumerate(segments) if size for c in ("SEG", "NSEG")
     ]
+    grouped = any(segments)
+    if grouped:
+        params.append("COLS: tl.constexpr")
     lines = [
         "@triton.jit",
         f"def {bk.name}(",
@@ -78,6 +99,7 @@ def backward_kernel(backward: Backward) -> str:
         "    pid_n = tl.program_id(1)",
         "    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
         "    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)",
+        *_slots(segments),
         "    if WIDE:",
         "        offs_m = offs_m.to(tl.int64)",
         "        offs_n = offs_n.to(tl.int64)",
@@ -88,6 +110,8 @@ def backward_kernel(backward: Backward) -> str:
         "    offs_mn = offs_m[:, None] * N + offs_n[None, :]",
     ]
     writer = Writer(bk, new_namer(bk), {0: "acc"}, indent=4)
+    if grouped:
+        writer.group_columns = "COLS"
     writer.levels[1] = Level("", "offs_n", "mask_n", "BLOCK_N", tile="mask_mn")
     if backward.saves_acc:
         writer.line("acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)")
@@ -96,7 +120,8 @@ def backward_kernel(backward: Backward) -> str:
         if instr.row:
             x = bk.value(instr.args[0])
             trivial = x.kind is not Kind.TILE
-            whole = trivial or not instr.size  # else a program's row holds instr.size groups
+            # one group is the whole row; else a program's row holds instr.size groups
+            whole = trivial or instr.size <= 1
             step = RowStep(index, instr, ALL_ROW_OPS[instr.op], 1, trivial, whole, False)
             writer.row_in_tile(step)
             index += 1

@@ -73,6 +73,8 @@ class Writer:
         self.levels: dict[int, Level] = {}
         self.last_line = 0
         self.absolute = absolute_forms(kernel)  # values in their op's cheaper form
+        # the columns in a group of a groupwise row op, where not SEG_i (the backward's)
+        self.group_columns: str | None = None
 
     def fresh(self, hint: str) -> str:
         return self.namer.fresh(hint, 0)
@@ -155,7 +157,7 @@ class Writer:
             def bc(stat: str) -> str:
                 return f"_seg_bcast({stat}, SEG_{i}, {level.width})"
 
-            count = f"SEG_{i}"
+            count = self.group_columns or f"SEG_{i}"
         stats = self._statistics(rowdef, v, ok, red, bc, count, instr)
         if rowdef.kind is RowKind.NORMALIZE:
             fields = {k: s if k == "count" else bc(s) for k, s in stats.items()}

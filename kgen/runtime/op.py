@@ -114,6 +114,27 @@ _BACKWARD_ELEMENTS = 4096  # a backward program's tile: BLOCK_M * BLOCK_N elemen
 _BACKWARD_BLOCK = (32, 128)  # (BLOCK_M, BLOCK_N) without row operations
 
 
+def backward_tiling(backward: Backward, N: int) -> tuple[int, int, dict[str, int]]:
+    """A backward program's tile, BLOCK_M x BLOCK_N, for rows of N columns, and the
+    constexprs of its groups of columns: with a groupwise row op (groupnorm), COLS
+    columns a group, each group in a slot of SEG_i (a power of two) register columns,
+    NSEG_i slots a tile (kgen/lower/backward.py)."""
+    groups = max(backward.segments, default=0)
+    if not backward.rows:
+        assert not groups
+        return *_BACKWARD_BLOCK, {}
+    slot = triton.next_power_of_2(N // groups) if groups else 0
+    block_n = triton.next_power_of_2(max(groups * slot if groups else N, 1))
+    block_m = max(1, min(_BACKWARD_BLOCK[0], _BACKWARD_ELEMENTS // block_n))
+    layout: dict[str, int] = {}
+    if groups:
+        layout["COLS"] = N // groups
+        for i, size in enumerate(backward.segments):
+            if size:
+                layout[f"SEG_{i}"], layout[f"NSEG_{i}"] = slot, block_n // slot
+    return block_m, block_n, layout
+
+
 # The operators, defined with torch.library's low-level API: through the dispatcher, a
 # call of one cost 5.8 us more than its implementation alone on a 2-core CI-class CPU,
 # against 19.4 us for the same operator made with `torch.library.custom_op`, whose
@@ -355,11 +376,7 @@ class GemmOp:
         x2 = x.reshape(M, K)
         rows = self.rows is not None and self.rows.columns != "N"
         g = dout.reshape(M) if rows else dout.reshape(M, -1)
-        if backward.rows:
-            block_n = triton.next_power_of_2(max(N, 1))
-            block_m = max(1, min(_BACKWARD_BLOCK[0], _BACKWARD_ELEMENTS // block_n))
-        else:
-            block_m, block_n = _BACKWARD_BLOCK
+        block_m, block_n, layout = backward_tiling(backward, N)
         grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
         dz = torch.empty((M, N), device=x.device, dtype=x.dtype)
         kwargs: dict[str, Any] = {
@@ -394,17 +411,12 @@ class GemmOp:
         for (name, _), value in zip(self.floats, floats, strict=True):
             kwargs[name] = value
         kwargs["WIDE"] = devices.wide(*views, g) or M * N >= 2**31 - 1
-        for i, groups in enumerate(backward.segments):
-            if groups:  # SEG_i columns a group, NSEG_i groups (or gathers) a register tile
-                seg = N // groups
-                kwargs[f"SEG_{i}"] = seg
-                kwargs[f"NSEG_{i}"] = (
-                    block_n // seg
-                    if seg & (seg - 1) == 0
-                    else triton.next_power_of_2(-(-block_n // seg))
-                )
+        kwargs.update(layout)
         if M * N:
-            backward.kernel[grid](**kwargs)
+            # no FMA contraction: the derivatives subtract values from their own row and
+            # group means (g w - mean(g w)), which a contracted product would leave at
+            # the product's rounding error (times rstd) instead of exactly zero
+            backward.kernel[grid](**kwargs, enable_fp_fusion=False)
         else:
             dz.zero_()
         # what the fake implementation (gradients_fake) promises: each gradient
