@@ -46,6 +46,20 @@ def _seg_reduce(v, S: tl.constexpr, NS: tl.constexpr, OP: tl.constexpr):
             r = tl.max(t, axis=2)
         else:
             r = tl.min(t, axis=2)
+    elif NS <= S:
+        # few runs: one masked reduction along the row per run
+        run = tl.arange(0, BN) // S
+        lane = tl.arange(0, NS)[None, :]
+        r = tl.zeros([BM, NS], dtype=v.dtype)
+        for j in tl.static_range(NS):
+            inside = (run == j)[None, :]
+            if OP == "sum":
+                part = tl.sum(tl.where(inside, v, 0.0), axis=1)
+            elif OP == "max":
+                part = tl.max(tl.where(inside, v, float("-inf")), axis=1)
+            else:
+                part = tl.min(tl.where(inside, v, float("inf")), axis=1)
+            r = tl.where(lane == j, part[:, None], r)
     else:
         # else S gathers, one column of every run each (runs past BN are padding)
         first = tl.arange(0, NS) * S
@@ -69,6 +83,14 @@ def _seg_bcast(stat, S: tl.constexpr, BN: tl.constexpr):
     NS: tl.constexpr = stat.shape[1]
     if (S & (S - 1)) == 0:
         r = tl.reshape(tl.broadcast_to(stat[:, :, None], [BM, NS, S]), [BM, BN])
+    elif NS <= S:
+        # few runs: each run's value picked out of its lane and spread over its columns
+        run = tl.arange(0, BN) // S
+        lane = tl.arange(0, NS)[None, :]
+        r = tl.zeros([BM, BN], dtype=stat.dtype)
+        for j in tl.static_range(NS):
+            value = tl.sum(tl.where(lane == j, stat, 0.0), axis=1)
+            r = tl.where((run == j)[None, :], value[:, None], r)
     else:
         index = tl.minimum(tl.arange(0, BN) // S, NS - 1)
         r = tl.gather(stat, index[None, :] + tl.zeros([BM, BN], dtype=tl.int32), 1)

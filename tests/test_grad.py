@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DEVICES, SPECS, build_and_import, committed
+from helpers import DEVICES, SPECS, build_and_import, committed, compile_for_hopper
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from strategies import random_specs
@@ -387,61 +387,68 @@ def test_groupnorm_gradients_for_any_group_width(
         testing.assert_gradients_match(kernel, grads, args, dout, **floats)
 
 
-_COMPILE_FOR_HOPPER = """
-import sys
-from triton import compile
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from kgen.build import import_file
-from kgen.runtime.op import backward_tiling
-
-module = import_file(__import__("pathlib").Path(sys.argv[1]))
-backward = module._OP.backward
-block_m, block_n, layout = backward_tiling(backward, int(sys.argv[2]))
-constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "WIDE": False, **layout}
-fn = backward.kernel
-assert set(constants) <= set(fn.arg_names), "the runtime passes what the kernel takes"
-signature = {}
-for name in fn.arg_names:
-    if name in constants:
-        signature[name] = "constexpr"
-    elif name.endswith("_ptr"):
-        signature[name] = "*fp32"
-    elif name in ("M", "N") or name.startswith("stride"):
-        signature[name] = "i32"
-    else:  # an fp32 scalar (eps)
-        signature[name] = "fp32"
-constexprs = {(fn.arg_names.index(k),): v for k, v in constants.items()}
-target = GPUTarget("cuda", 90, 32)
-kernel = compile(ASTSource(fn, signature, constexprs), target=target, options={"enable_fp_fusion": False})
-assert kernel.asm["cubin"]
-"""
+def _forward_launches(module, kernel: Kernel, N: int, M: int = 70) -> list[dict]:
+    """The launches of a call's plan at M x N x 9 (on the CPU), tensors as fp32."""
+    args, floats = inputs(kernel, Shape(M, N, 9), torch.float32, device="cpu", seed=1)
+    getattr(module, kernel.name)(*args, **floats)
+    launches = []
+    for plan in module._OP.plans.values():
+        for launch in plan.launches:
+            values = launch.arguments()
+            for name, value in values.items():
+                if value is None and name.endswith("_ptr"):
+                    values[name] = torch.float32
+            launches.append(
+                {"kernel": launch.jit.__name__, "args": values, "options": launch.options}
+            )
+    assert launches
+    return launches
 
 
-@pytest.mark.parametrize(("groups", "width"), [(1, 12), (37, 3), (342, 12), (2, 100)])
-def test_groupnorm_backward_compiles_for_hopper(groups: int, width: int, tmp_path) -> None:
-    """Triton's GPU passes run without a GPU: the backward kernel of a groupnorm, with
-    the tile and constexprs the runtime picks for these rows, compiles for sm90 down to
-    a cubin (in a process without the interpreter). Reducing groups through tl.gather,
-    Triton 3.6 asserted in TritonGPUOptimizeThreadLocality on small and one-row tiles
-    (1 group of 12 columns, 342 groups of 12)."""
-    import os
-    import subprocess
-    import sys
+@pytest.mark.parametrize("N", [48, 300, 2000])
+def test_pool_kernels_compile_for_hopper(N: int, tmp_path) -> None:
+    """specs/row_pools.fuse's kernels (windows of 2, then of 3: gathers) at the tiles
+    the runtime picks compile for sm90 on this CPU (tests/helpers.py)."""
+    compiled, module = committed("row_pools")
+    compile_for_hopper(module, _forward_launches(module, compiled.kernel, N), tmp_path)
 
-    _, module = build_and_import(
+
+@pytest.mark.parametrize(("groups", "width"), [(1, 12), (2, 100), (37, 3), (342, 12)])
+def test_groupnorm_kernels_compile_for_hopper(groups: int, width: int, tmp_path) -> None:
+    """The forward and backward kernels of a groupnorm, with the tiles and constexprs
+    the runtime picks for these rows (the forward's from a call's plan), compile for
+    sm90 down to a cubin on this CPU (tests/helpers.py). Reducing groups through
+    tl.gather, Triton 3.6 asserted in TritonGPUOptimizeThreadLocality on tiles of few
+    rows or few groups: the backward at 1 and 2 groups of 12 columns and 342 of 12, the
+    forward at 2 groups of 100 in 16 rows."""
+    from kgen.runtime.op import backward_tiling
+
+    compiled, module = build_and_import(
         f"epilogue: bias; groupnorm({groups}); silu; softmax\n", tmp_path, "gn.fuse"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton")
-    done = subprocess.run(
-        [sys.executable, "-c", _COMPILE_FOR_HOPPER, module.__file__, str(groups * width)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    kernel, N = compiled.kernel, groups * width
+    launches = _forward_launches(module, kernel, N)
+    backward = module._OP.backward
+    block_m, block_n, layout = backward_tiling(backward, N)
+    constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "WIDE": False, **layout}
+    values = {}
+    for name in backward.kernel.arg_names:
+        if name in constants:
+            values[name] = constants[name]
+        elif name.endswith("_ptr"):
+            values[name] = torch.float32
+        elif name in ("M", "N") or name.startswith("stride"):
+            values[name] = {"M": 70, "N": N}.get(name, 1)
+        else:  # an fp32 scalar (eps)
+            values[name] = 1e-5
+    launches.append(
+        {
+            "kernel": f"{kernel.name}_backward",
+            "args": values,
+            "options": {"num_warps": 4, "enable_fp_fusion": False},
+        }
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    compile_for_hopper(module, launches, tmp_path)
 
 
 def test_two_groupnorms_of_other_groups_have_no_gradient_yet() -> None:

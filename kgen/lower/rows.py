@@ -11,8 +11,12 @@ then. Both are plans the one epilogue writer follows (kgen/lower/epilogue.py):
    multiple of every segment's width (for a whole-row op, one tile spans the row),
    in a register tile of BLOCK_N = next_pow2(tile_n) columns, at most ROW_BLOCK_MAX.
    Segment statistics are reductions in registers: along the row, or per segment
-   (a reshape when the width is a power of two, gathers otherwise: `_seg_reduce`)
-   and broadcast back (`_seg_bcast`). After a pool the tile has fewer columns (a
+   (a reshape when the width is a power of two; else a masked reduction per segment
+   where a tile holds no more segments than a segment has columns, gathers otherwise:
+   `_seg_reduce`) and broadcast back (`_seg_bcast`). Triton 3.6 cannot lay out a
+   gather of few segments in a tile of few rows (an assertion in
+   TritonGPUOptimizeThreadLocality: 2 groups of 100 columns in 16 rows, 4 warps);
+   the masked reductions need no gather. After a pool the tile has fewer columns (a
    *level*). Stores: the output, once, as without row operations.
 
 2. **Two-pass**, when a segment is wider than a tile (softmax over N = 8192): the
@@ -82,6 +86,20 @@ def _seg_reduce(v, S: tl.constexpr, NS: tl.constexpr, OP: tl.constexpr):
             r = tl.max(t, axis=2)
         else:
             r = tl.min(t, axis=2)
+    elif NS <= S:
+        # few runs: one masked reduction along the row per run
+        run = tl.arange(0, BN) // S
+        lane = tl.arange(0, NS)[None, :]
+        r = tl.zeros([BM, NS], dtype=v.dtype)
+        for j in tl.static_range(NS):
+            inside = (run == j)[None, :]
+            if OP == "sum":
+                part = tl.sum(tl.where(inside, v, 0.0), axis=1)
+            elif OP == "max":
+                part = tl.max(tl.where(inside, v, float("-inf")), axis=1)
+            else:
+                part = tl.min(tl.where(inside, v, float("inf")), axis=1)
+            r = tl.where(lane == j, part[:, None], r)
     else:
         # else S gathers, one column of every run each (runs past BN are padding)
         first = tl.arange(0, NS) * S
@@ -105,6 +123,14 @@ def _seg_bcast(stat, S: tl.constexpr, BN: tl.constexpr):
     NS: tl.constexpr = stat.shape[1]
     if (S & (S - 1)) == 0:
         r = tl.reshape(tl.broadcast_to(stat[:, :, None], [BM, NS, S]), [BM, BN])
+    elif NS <= S:
+        # few runs: each run's value picked out of its lane and spread over its columns
+        run = tl.arange(0, BN) // S
+        lane = tl.arange(0, NS)[None, :]
+        r = tl.zeros([BM, BN], dtype=stat.dtype)
+        for j in tl.static_range(NS):
+            value = tl.sum(tl.where(lane == j, stat, 0.0), axis=1)
+            r = tl.where((run == j)[None, :], value[:, None], r)
     else:
         index = tl.minimum(tl.arange(0, BN) // S, NS - 1)
         r = tl.gather(stat, index[None, :] + tl.zeros([BM, BN], dtype=tl.int32), 1)
