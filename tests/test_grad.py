@@ -13,6 +13,8 @@ Three levels, each independent of the next:
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from helpers import DEVICES, SPECS, build_and_import, committed, compile_for_hopper
@@ -461,3 +463,34 @@ def test_two_groupnorms_of_other_groups_have_no_gradient_yet() -> None:
     assert caught.value.span.column == 37  # the second groupnorm
     same = compile_spec("epilogue: bias; groupnorm(4); silu; groupnorm(4)\n", "g.fuse").kernel
     derive(same)
+
+
+class _PassThrough(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eager_training_skips_the_dispatcher_with_the_same_result(device: str) -> None:
+    """In eager code a training call is an autograd.Function around the same forward
+    and backward as the `_train` operator's registered autograd (no dispatcher); under
+    a function mode (as under torch.compile) the operator runs. Same bytes out, same
+    gradients."""
+    _, module = committed("linear_gelu")
+    torch.manual_seed(3)
+    model = module.ModelNew(24, 40).to(device)
+    x = torch.randn(2, 5, 24, device=device, requires_grad=True)
+    dout = torch.randn(2, 5, 40, device=device)
+    results = []
+    for mode in (None, _PassThrough()):
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+        with mode if mode is not None else contextlib.nullcontext():
+            out = model(x)
+        results.append((type(out.grad_fn).__name__, out, x, model.weight, model.bias))
+        out.backward(dout)
+        results[-1] = (*results[-1][:2], x.grad, model.weight.grad, model.bias.grad)
+    (lean, *first), (general, *second) = results
+    assert lean == "_TrainBackward" and lean != general
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
