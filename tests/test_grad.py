@@ -494,3 +494,27 @@ def test_eager_training_skips_the_dispatcher_with_the_same_result(device: str) -
     assert lean == "_TrainBackward" and lean != general
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["gemm_sigmoid_residual", "linear_groupnorm_swish"])
+def test_backward_through_the_launcher_matches_kernel_grid(name: str, device: str) -> None:
+    """A backward's first call with a layout launches through `kernel[grid](...)`; on
+    the GPU later ones go through Triton's launcher (BackwardPlan.run): same gradients,
+    bit for bit, for an aligned and an offset dout."""
+    compiled, module = committed(name)
+    kernel = compiled.kernel
+    args, floats = inputs(kernel, Shape(48, 512, 64), torch.float16, device=device, seed=5)
+    op = module._OP
+    op.backward_plans.clear()
+    tensors = [a.detach().requires_grad_(a.is_floating_point()) for a in args]
+    out = getattr(module, kernel.name)(*tensors, **floats)
+    dout = torch.randn(out.numel() + 1, device=device, dtype=out.dtype)
+    for g in (dout[:-1].view(out.shape), dout[1:].view(out.shape)):  # offset: 2 bytes
+        runs = [torch.autograd.grad(out, tensors, g, retain_graph=True) for _ in range(3)]
+        for grads in runs[1:]:
+            for a, b in zip(runs[0], grads, strict=True):
+                assert torch.equal(a, b)
+    assert len(op.backward_plans) == 2  # the offset dout is a layout of its own
+    if device == "cuda":
+        assert all(plan.launch.direct is not None for plan in op.backward_plans.values())

@@ -126,9 +126,9 @@ def test_op_accuracy(step: str, device: str, tmp_path) -> None:
     inf_in = torch.isinf(values)
     for i in torch.nonzero(inf_in).reshape(-1).tolist():
         if not (nan_exp[i] and nan_got[i]):
-            assert out[i] == expected[i], (
-                f"{step}({values[i].item()}) = {out[i]}, torch {expected[i]}"
-            )
+            assert (
+                out[i] == expected[i]
+            ), f"{step}({values[i].item()}) = {out[i]}, torch {expected[i]}"
     inf_exp = torch.isinf(expected) & finite_in
     assert torch.equal(out[inf_exp], expected[inf_exp]), f"{step}: overflow mismatch"
 

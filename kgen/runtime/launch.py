@@ -76,7 +76,7 @@ class Launch:
         grid: tuple[int, int, int],
         values: dict[str, Any],
         slots: dict[str, int],
-        options: dict[str, int],
+        options: dict[str, Any],
     ) -> None:
         self.jit = jit
         self.grid = grid

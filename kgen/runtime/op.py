@@ -55,6 +55,9 @@ from kgen.runtime.launch import (
     SCRATCH,
     Launch,
     Plan,
+    _current_device,
+    _current_stream,
+    _hooks_idle,
     _layout,
 )
 from kgen.runtime.rowplan import RowOp
@@ -133,6 +136,30 @@ def backward_tiling(backward: Backward, N: int) -> tuple[int, int, dict[str, int
             if size:
                 layout[f"SEG_{i}"], layout[f"NSEG_{i}"] = slot, block_n // slot
     return block_m, block_n, layout
+
+
+class BackwardPlan(NamedTuple):
+    """What a backward with one layout launches (GemmOp._backward_plan): the kernel's
+    launch (None: an empty problem) and the partial sums of its operands' gradients.
+    As a forward plan runs (kgen/runtime/launch.py), the launch goes through Triton's
+    launcher once `kernel[grid](...)` has compiled it, unless a launch hook is set."""
+
+    launch: Launch | None
+    partials: tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+    device: int  # the CUDA device's index, -1 on the CPU (the interpreter)
+
+    def run(self, values: list[Any]) -> None:
+        run = self.launch
+        assert run is not None
+        if run.direct is None or not _hooks_idle():
+            run.through_triton(values)
+            return
+        pointers = [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in values]
+        if _current_device() == self.device:
+            run.through_launcher(pointers, _current_stream(self.device))
+        else:
+            with torch.cuda.device(self.device):
+                run.through_launcher(pointers, _current_stream(self.device))
 
 
 # The operators, defined with torch.library's low-level API: through the dispatcher, a
@@ -239,6 +266,7 @@ class GemmOp:
         self.tuning: dict[str, Any] = devices.load_tuning(tuning_file) if tuning_file else {}
         self.plans: dict[tuple[Any, ...], Plan] = {}
         self.train_plans: dict[tuple[Any, ...], Plan] = {}
+        self.backward_plans: dict[tuple[Any, ...], BackwardPlan] = {}
         self.backward = backward
         self.no_backward = no_backward  # why there is none: the op without a rule
         args = [f"Tensor {o[0]}" for o in self.operands] + [f"float {f[0]}" for f in floats]
@@ -402,62 +430,34 @@ class GemmOp:
     def gradients(self, dout: torch.Tensor, saved: torch.Tensor, *args: Any) -> list[torch.Tensor]:
         """The `_backward` operator: the gradients of the call's tensors (x, weight,
         then the operands; an empty tensor for those `needs` leaves out)."""
-        backward = self.backward
-        assert backward is not None
         n = self.n
         tensors, floats, needs = list(args[:n]), args[n:-1], args[-1]
         x, weight = tensors[0], tensors[1]
-        K = x.shape[-1]
         lead = tuple(x.shape[:-1])
         N = weight.shape[0] if self.linear else weight.shape[1]
-        views = self._views(tuple(tensors), lead, N)
         M = math.prod(lead)
-        x2 = x.reshape(M, K)
+        x2 = x.reshape(M, x.shape[-1])
+        views = self._views(tuple(tensors), lead, N)
         rows = self.rows is not None and self.rows.columns != "N"
         g = dout.reshape(M) if rows else dout.reshape(M, -1)
-        block_m, block_n, layout = backward_tiling(backward, N)
-        grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+        key = (launch.layout_key(tensors), _layout(g), _layout(saved))
+        plan = self.backward_plans.get(key)
+        if plan is None:
+            plan = self._backward_plan(g, saved, views, M, N)
+            if len(self.backward_plans) >= _PLANS_MAX:
+                self.backward_plans.clear()
+            self.backward_plans[key] = plan
         dz = torch.empty((M, N), device=x.device, dtype=x.dtype)
-        kwargs: dict[str, Any] = {
-            "_dout_ptr": g,
-            "_saved_ptr": saved if saved.numel() else dz,
-            "_dz_ptr": dz,
-            "M": M,
-            "N": N,
-            "BLOCK_M": block_m,
-            "BLOCK_N": block_n,
+        partials = {
+            name: torch.empty(shape, device=x.device, dtype=dtype)
+            for name, shape, dtype in plan.partials
         }
-        if rows:
-            kwargs["stride__dout_m"] = g.stride(0)
-        else:
-            kwargs["stride__dout_m"], kwargs["stride__dout_n"] = g.stride()
-        partials: dict[str, torch.Tensor] = {}
-        kwargs.update(self._operand_strides(views))
-        for (name, kind, _), t in zip(self.operands[2:], views[2:], strict=True):
-            kwargs[f"{name}_ptr"] = t
-            if name in backward.grads:
-                shape = {
-                    "tile": (M, N),
-                    "col": (grid[0], N),
-                    "row": (grid[1], M),
-                    "scalar": (grid[0] * grid[1],),
-                }[kind]
-                # an [M, N] operand's gradient is stored once, in its own dtype; the
-                # others are fp32 partial sums, one per tile, reduced below
-                dtype = t.dtype if kind == "tile" else torch.float32
-                partials[name] = torch.empty(shape, device=x.device, dtype=dtype)
-                kwargs[f"_grad_{name}_ptr"] = partials[name]
-        for (name, _), value in zip(self.floats, floats, strict=True):
-            kwargs[name] = value
-        kwargs["WIDE"] = devices.wide(*views, g) or M * N >= 2**31 - 1
-        kwargs.update(layout)
-        if M * N:
-            # no FMA contraction: the derivatives subtract values from their own row and
-            # group means (g w - mean(g w)), which a contracted product would leave at
-            # the product's rounding error (times rstd) instead of exactly zero
-            backward.kernel[grid](**kwargs, enable_fp_fusion=False)
-        else:
+        if plan.launch is None:  # an empty problem
             dz.zero_()
+        else:
+            values = [g, saved if saved.numel() else dz, dz, *views[2:], *partials.values()]
+            values += floats
+            plan.run(values)
         # what the fake implementation (gradients_fake) promises: each gradient
         # contiguous in its tensor's shape and dtype, an empty tensor of that dtype
         # where `needs` leaves it out
@@ -481,6 +481,50 @@ class GemmOp:
                 total = part if kind == "tile" else part.sum(0)
                 grads.append(total.reshape(t.shape).to(t.dtype))
         return grads
+
+    def _backward_plan(
+        self, g: torch.Tensor, saved: torch.Tensor, views: list[torch.Tensor], M: int, N: int
+    ) -> BackwardPlan:
+        """What a backward with this layout launches: the tile, the grid, the gradients'
+        partial sums and the kernel's arguments, per-call ones in slots (the run values:
+        dout, saved, dz, the operands' views, the partials, then the floats)."""
+        backward = self.backward
+        assert backward is not None
+        block_m, block_n, layout = backward_tiling(backward, N)
+        grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n), 1)
+        values: dict[str, Any] = {"M": M, "N": N, "BLOCK_M": block_m, "BLOCK_N": block_n}
+        if g.dim() == 1:  # one value per row
+            values["stride__dout_m"] = g.stride(0)
+        else:
+            values["stride__dout_m"], values["stride__dout_n"] = g.stride()
+        values.update(self._operand_strides(views))
+        values["WIDE"] = devices.wide(*views, g) or M * N >= 2**31 - 1
+        values.update(layout)
+        slots = {"_dout_ptr": 0, "_saved_ptr": 1, "_dz_ptr": 2}
+        partials: list[tuple[str, tuple[int, ...], torch.dtype]] = []
+        for i, ((name, kind, _), t) in enumerate(zip(self.operands[2:], views[2:], strict=True)):
+            slots[f"{name}_ptr"] = 3 + i
+            if name in backward.grads:
+                shape = {
+                    "tile": (M, N),
+                    "col": (grid[0], N),
+                    "row": (grid[1], M),
+                    "scalar": (grid[0] * grid[1],),
+                }[kind]
+                # an [M, N] operand's gradient is stored once, in its own dtype; the
+                # others are fp32 partial sums, one per tile, reduced after
+                partials.append((name, shape, t.dtype if kind == "tile" else torch.float32))
+        first = 3 + len(views) - 2
+        for j, (name, _, _) in enumerate(partials):
+            slots[f"_grad_{name}_ptr"] = first + j
+        for j, (name, _) in enumerate(self.floats):
+            slots[name] = first + len(partials) + j
+        # no FMA contraction: the derivatives subtract values from their own row and
+        # group means (g w - mean(g w)), which a contracted product would leave at
+        # the product's rounding error (times rstd) instead of exactly zero
+        options = {"enable_fp_fusion": False}
+        run = Launch(backward.kernel, grid, values, slots, options) if M * N else None
+        return BackwardPlan(run, tuple(partials), g.device.index if g.is_cuda else -1)
 
     def gradients_fake(
         self, dout: torch.Tensor, saved: torch.Tensor, *args: Any
