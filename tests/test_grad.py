@@ -498,10 +498,10 @@ def test_eager_training_skips_the_dispatcher_with_the_same_result(device: str) -
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["gemm_sigmoid_residual", "linear_groupnorm_swish"])
-def test_backward_through_the_launcher_matches_kernel_grid(name: str, device: str) -> None:
-    """A backward's first call with a layout launches through `kernel[grid](...)`; on
-    the GPU later ones go through Triton's launcher (BackwardPlan.run): same gradients,
-    bit for bit, for an aligned and an offset dout."""
+def test_backward_plans_are_kept_per_layout(name: str, device: str) -> None:
+    """A backward's launch is planned once per layout (BackwardPlan) and reused: the
+    same gradients, bit for bit, call after call, for an aligned and an offset dout
+    (a layout of its own)."""
     compiled, module = committed(name)
     kernel = compiled.kernel
     args, floats = inputs(kernel, Shape(48, 512, 64), torch.float16, device=device, seed=5)
@@ -515,6 +515,4 @@ def test_backward_through_the_launcher_matches_kernel_grid(name: str, device: st
         for grads in runs[1:]:
             for a, b in zip(runs[0], grads, strict=True):
                 assert torch.equal(a, b)
-    assert len(op.backward_plans) == 2  # the offset dout is a layout of its own
-    if device == "cuda":
-        assert all(plan.launch.direct is not None for plan in op.backward_plans.values())
+    assert len(op.backward_plans) == 2
