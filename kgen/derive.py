@@ -261,10 +261,13 @@ def derive(kernel: Kernel) -> Backward:
                 raise NotDifferentiable(instr.op, instr.span)
     # the backward kernel lays a row out in slots of one group width (kgen/lower/backward.py)
     groupwise = [
-        i for i in kernel.row_ops if i.size > 1 and kernel.value(i.args[0]).kind is Kind.TILE
+        i
+        for i in kernel.row_ops
+        if i.size > 1 and kernel.value(i.args[0]).kind is Kind.TILE and active[i.id]
     ]
-    if len({i.size for i in groupwise if active[i.id]}) > 1:
-        raise NotDifferentiable(f"{groupwise[-1].op} after one of other groups", groupwise[-1].span)
+    for instr in groupwise[1:]:
+        if instr.size != groupwise[0].size:  # the first of other groups than the first's
+            raise NotDifferentiable(f"{instr.op} after one of other groups", instr.span)
 
     grads: dict[int, Value] = {kernel.result: dout}
     for instr in reversed(kernel.body):

@@ -376,10 +376,10 @@ def test_under_autocast_gradients_reach_fp32_parameters() -> None:
 def test_groupnorm_gradients_for_any_group_width(
     groups: int, width: int, device: str, tmp_path
 ) -> None:
-    """groupnorm's backward reduces each group of columns in registers: groups of a
-    power-of-two width by reshaping, others by gathers (kgen/lower/rows.py's helpers),
-    one column per group (the bias alone reaches the output), one group (a layernorm
-    with an affine); a softmax after it, and rows over many programs."""
+    """groupnorm's backward reduces each group of columns in registers, each group in
+    a power-of-two slot (kgen/lower/backward.py): widths of a power of two and not, one
+    column per group (the bias alone reaches the output), one group (a layernorm with
+    an affine); a softmax after it, and rows over many programs."""
     spec = f"epilogue: bias; groupnorm({groups}); silu; softmax\n"
     compiled, module = build_and_import(spec, tmp_path, "gn.fuse")
     kernel = compiled.kernel
@@ -463,6 +463,26 @@ def test_two_groupnorms_of_other_groups_have_no_gradient_yet() -> None:
     assert caught.value.span.column == 37  # the second groupnorm
     same = compile_spec("epilogue: bias; groupnorm(4); silu; groupnorm(4)\n", "g.fuse").kernel
     derive(same)
+    third = "epilogue: bias; groupnorm(2); silu; groupnorm(4); silu; groupnorm(4)\n"
+    with pytest.raises(NotDifferentiable) as caught:
+        derive(compile_spec(third, "g.fuse").kernel)
+    assert caught.value.span.column == 37  # the first of other groups
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (0, 8)])
+def test_empty_problems_have_zero_gradients(shape: tuple[int, int], tmp_path) -> None:
+    """No rows or no columns: the backward launches nothing and every gradient is an
+    empty or zero tensor of its input's shape (groupnorm's tiling included)."""
+    M, N = shape
+    for spec in ("epilogue: bias; groupnorm(4); silu\n", "epilogue: bias; gelu\n"):
+        compiled, module = build_and_import(spec, tmp_path, "e.fuse")
+        kernel = compiled.kernel
+        args, floats = inputs(kernel, Shape(M, N, 6), torch.float32, device="cpu", seed=2)
+        tensors = [a.detach().requires_grad_(a.is_floating_point()) for a in args]
+        out = getattr(module, kernel.name)(*tensors, **floats)
+        grads = torch.autograd.grad(out, tensors, torch.ones_like(out), allow_unused=True)
+        for t, g in zip(tensors, grads, strict=True):
+            assert g is not None and g.shape == t.shape and not g.abs().sum()
 
 
 class _PassThrough(torch.overrides.TorchFunctionMode):

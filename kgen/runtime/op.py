@@ -123,6 +123,8 @@ def backward_tiling(backward: Backward, N: int) -> tuple[int, int, dict[str, int
     if not backward.rows:
         assert not groups
         return *_BACKWARD_BLOCK, {}
+    if not N:  # an empty problem: nothing launches
+        groups = 0
     slot = triton.next_power_of_2(N // groups) if groups else 0
     block_n = triton.next_power_of_2(max(groups * slot if groups else N, 1))
     block_m = max(1, min(_BACKWARD_BLOCK[0], _BACKWARD_ELEMENTS // block_n))
@@ -427,7 +429,7 @@ class GemmOp:
         x2 = x.reshape(M, x.shape[-1])
         views = self._views(tuple(tensors), lead, N)
         rows = self.rows is not None and self.rows.columns != "N"
-        g = dout.reshape(M) if rows else dout.reshape(M, -1)
+        g = dout.reshape(M) if rows else dout.reshape(M, dout.shape[-1])
         key = (launch.layout_key(tensors), _layout(g), _layout(saved))
         plan = self.backward_plans.get(key)
         if plan is None:
