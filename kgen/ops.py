@@ -719,7 +719,7 @@ def _group_norm(
     M, C = x.shape
     if weight.dim() == 2:  # per element ([M, C]: the gradient oracle's copies)
         return (
-            _group_norm(x, groups, eps, torch.ones_like(x[0]), torch.zeros_like(x[0])) * (weight)
+            _group_norm(x, groups, eps, torch.ones_like(x[0]), torch.zeros_like(x[0])) * weight
             + bias
         )
     if M * (C // groups) > 1:  # what a PyTorch user runs (and kgen bench times as eager)

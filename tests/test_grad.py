@@ -389,20 +389,31 @@ def test_groupnorm_gradients_for_any_group_width(
         testing.assert_gradients_match(kernel, grads, args, dout, **floats)
 
 
-def _forward_launches(module, kernel: Kernel, N: int, M: int = 70) -> list[dict]:
-    """The launches of a call's plan at M x N x 9 (on the CPU), tensors as fp32."""
+def _launches(module, kernel: Kernel, N: int, M: int = 70) -> list[dict]:
+    """The launches a call at M x N x 9 (on the CPU) planned: an inference call's, a
+    training call's and, where the spec has a backward, its backward's; pointers as
+    fp32 tensors, float params 1.0."""
     args, floats = inputs(kernel, Shape(M, N, 9), torch.float32, device="cpu", seed=1)
-    getattr(module, kernel.name)(*args, **floats)
+    op = module._OP
+    with torch.no_grad():
+        getattr(module, kernel.name)(*args, **floats)
+    runs = [launch for plan in op.plans.values() for launch in plan.launches]
+    if op.backward is not None:
+        tensors = [a.detach().requires_grad_(a.is_floating_point()) for a in args]
+        out = getattr(module, kernel.name)(*tensors, **floats)
+        out.backward(torch.ones_like(out))
+        runs += [launch for plan in op.train_plans.values() for launch in plan.launches]
+        runs += [plan.launch for plan in op.backward_plans.values() if plan.launch is not None]
+    floats_named = {name for name, _ in op.floats}
     launches = []
-    for plan in module._OP.plans.values():
-        for launch in plan.launches:
-            values = launch.arguments()
-            for name, value in values.items():
-                if value is None and name.endswith("_ptr"):
-                    values[name] = torch.float32
-            launches.append(
-                {"kernel": launch.jit.__name__, "args": values, "options": launch.options}
-            )
+    for launch in runs:
+        values = launch.arguments()
+        for name, value in values.items():
+            if value is None and name.endswith("_ptr"):
+                values[name] = torch.float32
+            elif value is None and name in floats_named:
+                values[name] = 1.0
+        launches.append({"kernel": launch.jit.__name__, "args": values, "options": launch.options})
     assert launches
     return launches
 
@@ -412,44 +423,23 @@ def test_pool_kernels_compile_for_hopper(N: int, tmp_path) -> None:
     """specs/row_pools.fuse's kernels (windows of 2, then of 3: gathers) at the tiles
     the runtime picks compile for sm90 on this CPU (tests/helpers.py)."""
     compiled, module = committed("row_pools")
-    compile_for_hopper(module, _forward_launches(module, compiled.kernel, N), tmp_path)
+    compile_for_hopper(module, _launches(module, compiled.kernel, N), tmp_path)
 
 
 @pytest.mark.parametrize(("groups", "width"), [(1, 12), (2, 100), (37, 3), (342, 12)])
 def test_groupnorm_kernels_compile_for_hopper(groups: int, width: int, tmp_path) -> None:
     """The forward and backward kernels of a groupnorm, with the tiles and constexprs
-    the runtime picks for these rows (the forward's from a call's plan), compile for
-    sm90 down to a cubin on this CPU (tests/helpers.py). Reducing groups through
-    tl.gather, Triton 3.6 asserted in TritonGPUOptimizeThreadLocality on tiles of few
-    rows or few groups: the backward at 1 and 2 groups of 12 columns and 342 of 12, the
-    forward at 2 groups of 100 in 16 rows."""
-    from kgen.runtime.op import backward_tiling
-
+    the runtime picks for these rows (the plans of an inference, a training and a
+    backward call), compile for sm90 down to a cubin on this CPU (tests/helpers.py).
+    Reducing groups through tl.gather, Triton 3.6 asserted in
+    TritonGPUOptimizeThreadLocality on tiles of few rows or few groups: the backward at
+    1 and 2 groups of 12 columns and 342 of 12, the forward at 2 groups of 100 in 16
+    rows."""
     compiled, module = build_and_import(
         f"epilogue: bias; groupnorm({groups}); silu; softmax\n", tmp_path, "gn.fuse"
     )
-    kernel, N = compiled.kernel, groups * width
-    launches = _forward_launches(module, kernel, N)
-    backward = module._OP.backward
-    block_m, block_n, layout = backward_tiling(backward, N)
-    constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "WIDE": False, **layout}
-    values = {}
-    for name in backward.kernel.arg_names:
-        if name in constants:
-            values[name] = constants[name]
-        elif name.endswith("_ptr"):
-            values[name] = torch.float32
-        elif name in ("M", "N") or name.startswith("stride"):
-            values[name] = {"M": 70, "N": N}.get(name, 1)
-        else:  # an fp32 scalar (eps)
-            values[name] = 1e-5
-    launches.append(
-        {
-            "kernel": f"{kernel.name}_backward",
-            "args": values,
-            "options": {"num_warps": 4, "enable_fp_fusion": False},
-        }
-    )
+    launches = _launches(module, compiled.kernel, groups * width)
+    assert any(launch["kernel"].endswith("_backward") for launch in launches)
     compile_for_hopper(module, launches, tmp_path)
 
 
@@ -507,9 +497,10 @@ def test_eager_training_skips_the_dispatcher_with_the_same_result(device: str) -
         x.grad = None
         with mode if mode is not None else contextlib.nullcontext():
             out = model(x)
-        results.append((type(out.grad_fn).__name__, out, x, model.weight, model.bias))
         out.backward(dout)
-        results[-1] = (*results[-1][:2], x.grad, model.weight.grad, model.bias.grad)
+        results.append(
+            (type(out.grad_fn).__name__, out, x.grad, model.weight.grad, model.bias.grad)
+        )
     (lean, *first), (general, *second) = results
     assert lean == "_TrainBackward" and lean != general
     for a, b in zip(first, second, strict=True):
