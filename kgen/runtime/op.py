@@ -214,6 +214,20 @@ class _Train(torch.autograd.Function):
         return (None, *op._autograd_backward(ctx, dout, None, gradients, 1))
 
 
+# _Train.apply without torch.autograd.Function.apply's Python layer, for untraced calls
+# (no functorch transform, so that layer's only work is unwrapping dead functorch
+# wrappers, done here by `_unwrap_if_dead`): the C++ apply it ends in. On a 2-core
+# CI-class CPU, launches stubbed, 40 runs of 500 calls: median 62.6 against 71.5 us a
+# call (min 38.4 against 43.4; the forward alone, GemmOp.train, 33.7).
+_function_apply: Any = getattr(_C, "_FunctionBase", object).__dict__.get("apply")
+_unwrap_if_dead: Any = getattr(getattr(_C, "_functorch", None), "unwrap_if_dead", None)
+if _function_apply is not None and _unwrap_if_dead is not None:
+    _train_apply: Any = _function_apply.__get__(None, _Train)
+else:  # another PyTorch: the public path
+    _unwrap_if_dead = lambda t: t  # noqa: E731
+    _train_apply = _Train.apply
+
+
 def _register(opname: str, schema: str, impl: Any, fake: Any) -> Any:
     _OPERATORS.add(opname)
     _LIBRARY.define(opname + schema)  # type: ignore[no-untyped-call]
@@ -304,7 +318,7 @@ class GemmOp:
             if _grad_enabled():
                 for t in args[:n]:
                     if getattr(t, "requires_grad", False):
-                        return self.call(*args)
+                        return self._train_untraced(args)
             try:
                 plan = self.plans[tuple(map(_layout, args[:n]))]  # launch.layout_key
             except Exception:  # a new layout, or an argument that is no tensor
@@ -316,6 +330,20 @@ class GemmOp:
                 else:
                     return plan.run(args)
         return self.call(*args)
+
+    def _train_untraced(self, args: tuple[Any, ...]) -> torch.Tensor:
+        """A training call from the lean path (untraced, no autocast): plain tensors
+        and Python floats straight to _Train's C++ apply; anything else by `call`."""
+        n = self.n
+        for t in args[:n]:
+            if type(t) not in _PLAIN:
+                return self.call(*args)
+        for v in args[n:]:
+            if type(v) is not float:
+                return self.call(*args)
+        if len(args) != n + len(self.floats):
+            return self.call(*args)  # (which says what is missing)
+        return _train_apply(self, *map(_unwrap_if_dead, args[:n]), *args[n:])  # type: ignore[no-any-return]
 
     def call(self, *args: Any) -> torch.Tensor:
         """The general path: autocast, then the operator where PyTorch must see the
@@ -333,7 +361,8 @@ class GemmOp:
                 plain = _untraced() and all(type(t) in _PLAIN for t in tensors)
                 if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
                     if plain:  # eager autograd without the dispatcher's layers
-                        return _Train.apply(self, *tensors, *floats)  # type: ignore[no-untyped-call,no-any-return]
+                        tensors = [_unwrap_if_dead(t) for t in tensors]
+                        return _train_apply(self, *tensors, *floats)  # type: ignore[no-any-return]
                     out, _ = self.train_operator(*tensors, *floats)
                     return out  # type: ignore[no-any-return]
                 if not plain:
