@@ -354,6 +354,157 @@ def row_pools_finish(
         )
 
 
+@triton.jit
+def row_pools_backward(
+    _dout_ptr,
+    _saved_ptr,
+    _dz_ptr,
+    bias_ptr,
+    _grad_bias_ptr,
+    M,
+    N,
+    stride__dout_m,
+    stride_bias_n,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIDE: tl.constexpr,
+    SEG_0: tl.constexpr,
+    NSEG_0: tl.constexpr,
+    SEG_1: tl.constexpr,
+    NSEG_1: tl.constexpr,
+    SEG_7: tl.constexpr,
+    NSEG_7: tl.constexpr,
+    SEG_8: tl.constexpr,
+    NSEG_8: tl.constexpr,
+):
+    """The gradients of a [BLOCK_M, BLOCK_N] tile of row_pools's output: its accumulator's (dz) and its operands'."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    slot_n = tl.arange(0, BLOCK_N)  # (one program spans the row)
+    digit_n = slot_n % 2
+    valid_n = digit_n < 2
+    col_n = digit_n
+    slot_n = slot_n // 2
+    digit_n = slot_n % 4
+    valid_n = valid_n & (digit_n < 3)
+    col_n = col_n + digit_n * 2
+    slot_n = slot_n // 4
+    offs_n = tl.where(valid_n, col_n + slot_n * 6, N)
+    if WIDE:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        stride__dout_m = stride__dout_m + tl.zeros([], dtype=tl.int64)
+        stride_bias_n = stride_bias_n + tl.zeros([], dtype=tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    offs_mn = offs_m[:, None] * N + offs_n[None, :]
+    gcol_2_0 = offs_n // 2
+    ok_2_0 = offs_n < (N // 2) * 2
+    rep_2_0 = ok_2_0 & (offs_n % 2 == 0)
+    gcol_6_0 = offs_n // 6
+    ok_6_0 = offs_n < (N // 6) * 6
+    rep_6_0 = ok_6_0 & (offs_n % 6 == 0)
+    acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)
+    # src[row_pools.fuse:2]: epilogue: bias; maxpool(2); avgpool(3); row_min(keepdim=false); sigmoid
+    bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(tl.float32)[
+        None, :
+    ]
+    bias_2 = acc + bias_1
+    row_max_0 = _seg_reduce(tl.where(mask_n[None, :], bias_2, float("-inf")), SEG_0, NSEG_0, "max")
+    row_max_1000 = tl.where(
+        _seg_reduce(tl.where(mask_n[None, :] & (bias_2 != bias_2), 1.0, 0.0), SEG_0, NSEG_0, "sum")
+        > 0,
+        float("nan"),
+        row_max_0,
+    )
+    maxpool_0 = _seg_bcast(row_max_1000, SEG_0, BLOCK_N)
+    row_sum_0 = _seg_reduce(tl.where(rep_2_0[None, :], maxpool_0, 0.0), SEG_1, NSEG_1, "sum")
+    avgpool_0 = _seg_bcast(row_sum_0, SEG_1, BLOCK_N) / 3
+    row_min_0 = tl.min(tl.where(rep_6_0[None, :], avgpool_0, float("inf")), axis=1)[:, None]
+    row_min_1000 = tl.where(
+        tl.sum(tl.where(rep_6_0[None, :] & (avgpool_0 != avgpool_0), 1.0, 0.0), axis=1)[:, None]
+        > 0,
+        float("nan"),
+        row_min_0,
+    )
+    row_min_2000 = row_min_1000
+    sigmoid_6 = _sigmoid(row_min_2000)
+    # src[row_pools.fuse:1]: # windows: max of 2, mean of 3, then the row minimum: [M]
+    dout_7 = tl.load(_dout_ptr + offs_m * stride__dout_m, mask=mask_m, other=0.0).to(tl.float32)[
+        :, None
+    ]
+    # src[row_pools.fuse:2]: epilogue: bias; maxpool(2); avgpool(3); row_min(keepdim=false); sigmoid
+    d_sigmoid_8 = dout_7 * sigmoid_6
+    d_sigmoid_10 = 1.0 - sigmoid_6
+    d_sigmoid_11 = d_sigmoid_8 * d_sigmoid_10
+    d_row_min_12 = avgpool_0 < row_min_2000
+    d_row_min_13 = avgpool_0 > row_min_2000
+    d_row_min_15 = tl.where(d_row_min_13, 0.0, 1.0)
+    d_row_min_16 = tl.where(d_row_min_12, 0.0, d_row_min_15)
+    d_row_min_17 = d_sigmoid_11 * d_row_min_16
+    row_sum_1000 = tl.sum(tl.where(rep_6_0[None, :], d_row_min_16, 0.0), axis=1)[:, None]
+    row_sum_2000 = row_sum_1000
+    d_row_min_19 = d_row_min_17 / row_sum_2000
+    unpool_0 = tl.where(ok_6_0[None, :], d_row_min_19, 0.0)
+    d_avgpool_22 = unpool_0 * 0.3333333432674408
+    unpool_1000 = tl.where(ok_2_0[None, :], maxpool_0, 0.0)
+    window_position_0 = tl.zeros_like(bias_2) + (offs_n % 2).to(tl.float32)[None, :]
+    d_maxpool_25 = bias_2 < unpool_1000
+    d_maxpool_26 = bias_2 > unpool_1000
+    d_maxpool_28 = tl.where(d_maxpool_26, 2.0, window_position_0)
+    d_maxpool_29 = tl.where(d_maxpool_25, 2.0, d_maxpool_28)
+    d_maxpool_30 = d_maxpool_29 * -1.0
+    row_max_2000 = _seg_reduce(
+        tl.where(mask_n[None, :], d_maxpool_30, float("-inf")), SEG_7, NSEG_7, "max"
+    )
+    row_max_3000 = tl.where(
+        _seg_reduce(
+            tl.where(mask_n[None, :] & (d_maxpool_30 != d_maxpool_30), 1.0, 0.0),
+            SEG_7,
+            NSEG_7,
+            "sum",
+        )
+        > 0,
+        float("nan"),
+        row_max_2000,
+    )
+    maxpool_1000 = _seg_bcast(row_max_3000, SEG_7, BLOCK_N)
+    d_maxpool_32 = maxpool_1000 * -1.0
+    d_maxpool_33 = bias_2 >= bias_2
+    d_maxpool_35 = tl.where(d_maxpool_33, -1.0, window_position_0)
+    row_max_4000 = _seg_reduce(
+        tl.where(mask_n[None, :], d_maxpool_35, float("-inf")), SEG_8, NSEG_8, "max"
+    )
+    row_max_5000 = tl.where(
+        _seg_reduce(
+            tl.where(mask_n[None, :] & (d_maxpool_35 != d_maxpool_35), 1.0, 0.0),
+            SEG_8,
+            NSEG_8,
+            "sum",
+        )
+        > 0,
+        float("nan"),
+        row_max_4000,
+    )
+    maxpool_2000 = _seg_bcast(row_max_5000, SEG_8, BLOCK_N)
+    d_maxpool_37 = maxpool_2000 >= 0.0
+    d_maxpool_38 = tl.where(d_maxpool_37, maxpool_2000, d_maxpool_32)
+    unpool_2000 = tl.where(ok_2_0[None, :], d_maxpool_38, 0.0)
+    d_maxpool_40 = window_position_0 < unpool_2000
+    d_maxpool_41 = window_position_0 > unpool_2000
+    d_maxpool_42 = tl.where(d_maxpool_41, 0.0, 1.0)
+    d_maxpool_43 = tl.where(d_maxpool_40, 0.0, d_maxpool_42)
+    unpool_3000 = tl.where(ok_2_0[None, :], d_avgpool_22, 0.0)
+    d_maxpool_45 = unpool_3000 * d_maxpool_43
+    # -- the gradients
+    tl.store(_dz_ptr + offs_mn, d_maxpool_45.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_maxpool_45, 0.0)
+    tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
+
+
 _OP = _runtime.GemmOp(
     "row_pools",
     row_pools_kernel,
@@ -371,7 +522,14 @@ _OP = _runtime.GemmOp(
         columns="",
         pool=0,
     ),
-    no_backward="maxpool (row_pools.fuse:2:17) has no derivative rule yet",
+    backward=_runtime.Backward(
+        kernel=row_pools_backward,
+        grads=("bias",),
+        saves=True,
+        rows=True,
+        segments=(2, 8, 0, 0, 0, 0, 0, 2, 2, 0, 0),
+        windows=(2, 3),
+    ),
     tuning_file=os.path.join(os.path.dirname(os.path.abspath(__file__)), "row_pools.tuning.json"),
 )
 

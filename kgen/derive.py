@@ -92,6 +92,10 @@ class Value:
     def kind(self) -> Kind:
         return self.rules.body[self.id].kind
 
+    @property
+    def pool(self) -> int:
+        return self.rules.body[self.id].pool
+
     def _op(self, name: str, *args: Any) -> Value:
         return self.rules.op(name, *args)
 
@@ -150,6 +154,8 @@ class Rules:
         self.span = body[0].span
         self.hint = "d"
         self.size = 0  # the running op's groups (a row op's segments), for group_mean
+        self.running = ""  # the op whose rule is running, and its input's columns
+        self.level = 1
 
     @staticmethod
     def _key(instr: Instr) -> tuple[Any, ...]:
@@ -184,7 +190,11 @@ class Rules:
         kind = Kind.SCALAR
         for v in values:
             kind = kind.join(v.kind)
-        return self.emit(name, tuple(v.id for v in values), kind, boolean=opdef.boolean)
+        # (after a pool: the columns of its values, which the rules never mix)
+        pools = {v.pool for v in values if v.kind in (Kind.TILE, Kind.COL)}
+        assert len(pools) <= 1, f"{name} of values of different columns {sorted(pools)}"
+        pool = pools.pop() if pools and kind is Kind.TILE else 1
+        return self.emit(name, tuple(v.id for v in values), kind, boolean=opdef.boolean, pool=pool)
 
     def _fold(self, name: str, values: list[Value]) -> Value | None:
         consts = [self.const(v) for v in values]
@@ -220,18 +230,32 @@ class Rules:
         rowdef = ALL_ROW_OPS[name]
         if v.kind is not Kind.TILE:
             if name == "row_sum":
-                return v * self.count()
+                return v * self.count(self.level)
             if name in ("row_mean", "group_mean"):
                 return v
             raise NotDifferentiable(name, self.span)
         if rowdef.kind is RowKind.REDUCE:
             return self.emit(name, (v.id,), Kind.ROW, row=rowdef.kind.value)
-        # a segment op (group_mean) takes the segments of the op whose rule is running
+        # a segment op (group_mean, a pool's window ops) takes the segments of the op
+        # whose rule is running
         size = self.size if rowdef.size else 0
-        return self.emit(name, (v.id,), v.kind, row=rowdef.kind.value, size=size)
+        kind, pool = rowdef.result(self.body[v.id], size)
+        return self.emit(name, (v.id,), kind, row=rowdef.kind.value, size=size, pool=pool)
 
-    def count(self) -> Value:
-        """The number of columns in a row (GEMM columns: rules run before any pool)."""
+    def spread(self, v: Any, like: Value) -> Value:
+        """v (a gradient without columns, say) as a value of `like`'s columns: what
+        unpool takes, which zeroes the columns no window covers."""
+        value = self.value(v)
+        if value.kind is like.kind and value.pool == like.pool:
+            return value
+        return self.op("where", self.op("ge", like, like), value, value)
+
+    def count(self, pool: int = 1) -> Value:
+        """The number of columns in a row: the GEMM's (`pool` 1). After a pool, N // k
+        is no fp32 expression of N the ops write: NotDifferentiable, naming the op
+        whose rule asks."""
+        if pool != 1:
+            raise NotDifferentiable(f"{self.running} after a pool", self.span)
         return self.emit("arg", (), Kind.SCALAR, attr=COUNT)
 
 
@@ -241,7 +265,8 @@ def derive(kernel: Kernel) -> Backward:
     rules = Rules(body)
     result = kernel.value(kernel.result)
     rules.hint = "dout"
-    dout = rules.emit("load", (), result.kind, attr=DOUT)
+    pool = result.pool if result.kind is Kind.TILE else 1
+    dout = rules.emit("load", (), result.kind, attr=DOUT, pool=pool)
 
     # which forward values a gradient can reach: those that depend on the GEMM or on a
     # tensor operand
@@ -260,14 +285,20 @@ def derive(kernel: Kernel) -> Backward:
             if missing is None and kernel.value(instr.args[0]).kind is Kind.TILE:
                 raise NotDifferentiable(instr.op, instr.span)
     # the backward kernel lays a row out in slots of one group width (kgen/lower/backward.py)
-    groupwise = [
+    segmented = [
         i
         for i in kernel.row_ops
         if i.size > 1 and kernel.value(i.args[0]).kind is Kind.TILE and active[i.id]
     ]
+    groupwise = [i for i in segmented if ROW_OPS[i.op].size == "groups"]
     for instr in groupwise[1:]:
         if instr.size != groupwise[0].size:  # the first of other groups than the first's
             raise NotDifferentiable(f"{instr.op} after one of other groups", instr.span)
+    # ... and windows of pools in slots of their own: one kind of slots or the other
+    pools = [i for i in segmented if ROW_OPS[i.op].kind is RowKind.POOL]
+    if groupwise and pools:
+        second = max(groupwise[0], pools[0], key=lambda i: i.id)
+        raise NotDifferentiable(f"{second.op} with a groupnorm and a pool", second.span)
 
     grads: dict[int, Value] = {kernel.result: dout}
     for instr in reversed(kernel.body):
@@ -276,13 +307,14 @@ def derive(kernel: Kernel) -> Backward:
             continue
         rules.span, rules.hint = instr.span, f"d_{instr.hint or instr.op}"
         rules.size = instr.size
+        rules.running, rules.level = instr.op, kernel.value(instr.args[0]).pool
         y = Value(rules, instr.id)
         args = [Value(rules, a) for a in instr.args]
         if instr.row:
             rowdef = ROW_OPS[instr.op]
             if kernel.value(instr.args[0]).kind is not Kind.TILE:
                 contributions = _trivial_rule(instr.op, g, args)
-            elif rowdef.grad is None or kernel.value(instr.args[0]).pool != 1:
+            elif rowdef.grad is None:
                 raise NotDifferentiable(instr.op, instr.span)
             else:
                 contributions = rowdef.grad(rules, g, y, *args)
@@ -303,7 +335,7 @@ def derive(kernel: Kernel) -> Backward:
             if _COLUMNS[instr.kind] and not (_COLUMNS[c.kind] or _COLUMNS[kernel.value(a).kind]):
                 # a contribution the same in every column, to a value without columns:
                 # the sum over the op's columns is N times it
-                c = c * rules.count()
+                c = c * rules.count(instr.pool)
             grads[a] = _sum(rules, kernel.value(a).kind, grads[a], c) if a in grads else c
 
     # the gradients to store: the accumulator's, then each tensor operand's (the sum
@@ -338,9 +370,9 @@ def _sum(rules: Rules, kind: Kind, a: Value, b: Value) -> Value:
     itself per column."""
     if not _COLUMNS[kind] and _COLUMNS[a.kind] != _COLUMNS[b.kind]:
         if _COLUMNS[a.kind]:
-            b = b / rules.count()
+            b = b / rules.count(a.pool)
         else:
-            a = a / rules.count()
+            a = a / rules.count(b.pool)
     return a + b
 
 
@@ -380,7 +412,7 @@ def _pruned(kernel: Kernel, body: list[Instr], outputs: list[tuple[str, int | No
         saves_acc = any(0 in i.args for i in kept)
     result = kernel.value(kernel.result)
     extra = (
-        Operand(DOUT, Role.INPUT, result.kind, result.span),
+        Operand(DOUT, Role.INPUT, result.kind, result.span, pool=result.pool),
         Operand(COUNT, Role.FLOAT, Kind.SCALAR, result.span),
     )
     grads = tuple((name, None if i is None else renumber[i]) for name, i in outputs)

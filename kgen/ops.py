@@ -636,6 +636,8 @@ COMPARISONS: dict[str, str] = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 #   family "exp":     m (the shift, a maximum), s = sum(exp(x - m))
 #   family "moments": mean, var (biased), over `count` columns
 #   family "sum" / "max" / "min": one value (max and min propagate NaN)
+#   family "unpool" / "position" (internal, for pools' derivatives): no statistics; a
+#     pooled value back in its window's columns, a column's place in its window
 #
 # `apply` is the Triton expression of the result from {x} (normalisers only) and the
 # statistics; `shift` says how the exp family picks m from the maximum {max} (it
@@ -649,6 +651,7 @@ class RowKind(enum.Enum):
     NORMALIZE = "normalize"  # [.., W] -> [.., W]
     REDUCE = "reduce"  # [.., W] -> one value per row
     POOL = "pool"  # [.., W] -> [.., W // k]
+    UNPOOL = "unpool"  # [.., W // k] -> [.., W]: each window's value in its k columns
 
 
 @dataclass(frozen=True)
@@ -695,6 +698,8 @@ class RowOpDef:
             return Kind.ROW, 1
         if self.kind is RowKind.POOL and x.kind is Kind.TILE:
             return Kind.TILE, x.pool * size
+        if self.kind is RowKind.UNPOOL and x.kind is Kind.TILE:
+            return Kind.TILE, x.pool // size
         return x.kind, x.pool
 
     def check_args(self, args: Sequence[Instr], instr: Instr) -> bool:
@@ -744,6 +749,36 @@ def _d_row_extreme(d: Any, g: Any, y: Any, x: Any) -> tuple[Any, ...]:
     # torch's amax / amin: g shared evenly among the row's values equal to the extreme
     hit = d.where(x < y, 0.0, d.where(x > y, 0.0, 1.0))
     return (g * hit / d.row_sum(hit),)
+
+
+def _d_avgpool(d: Any, g: Any, y: Any, x: Any) -> tuple[Any, ...]:
+    # each column of a window gets 1/k of its gradient; the remainder none
+    return (d.unpool(d.spread(g, y)) * (1.0 / d.size),)
+
+
+def _d_maxpool(d: Any, g: Any, y: Any, x: Any) -> tuple[Any, ...]:
+    # as torch's max_pool1d: the window's gradient goes to one column, the first equal
+    # to the maximum, or the last NaN of a window that has one
+    k = float(d.size)
+    peak = d.unpool(y)
+    q = d.window_position(x)  # 0 .. k-1 within the window
+    equal = d.where(x < peak, k, d.where(x > peak, k, q))
+    first = -d.maxpool(-equal)
+    last_nan = d.maxpool(d.where(x >= x, -1.0, q))
+    pick = d.unpool(d.where(last_nan >= 0.0, last_nan, first))
+    hit = d.where(q < pick, 0.0, d.where(q > pick, 0.0, 1.0))
+    return (d.unpool(d.spread(g, y)) * hit,)
+
+
+def _unpool(x: torch.Tensor, k: int, *_: Any) -> torch.Tensor:
+    """Each column's value in k columns ([M, W] -> [M, W k]; the pooled value's
+    remainder columns are the caller's: kgen.reference pads them with zeros)."""
+    return x.repeat_interleave(k, dim=1)
+
+
+def _window_position(x: torch.Tensor, k: int, *_: Any) -> torch.Tensor:
+    position = torch.arange(x.shape[1], device=x.device) % k
+    return position.to(x.dtype).expand(x.shape)
 
 
 def _d_layernorm(d: Any, g: Any, y: Any, x: Any, eps: Any) -> tuple[Any, ...]:
@@ -883,6 +918,7 @@ _ROW_OPS = [
         "sum",
         "{sum} / {count}",
         size="k",
+        grad=_d_avgpool,
     ),
     RowOpDef(
         "maxpool",
@@ -892,6 +928,7 @@ _ROW_OPS = [
         "max",
         "{max}",
         size="k",
+        grad=_d_maxpool,
     ),
 ]
 
@@ -909,6 +946,24 @@ _INTERNAL_ROW_OPS = [
         "{sum} / {count}",
         size="groups",
         grad=lambda d, g, y, x: (d.group_mean(g),),
+    ),
+    RowOpDef(
+        "unpool",
+        RowKind.UNPOOL,
+        "each value of a pooled row in the k columns of its window (0 in the remainder)",
+        _unpool,
+        "unpool",
+        "",
+        size="k",
+    ),
+    RowOpDef(
+        "window_position",
+        RowKind.NORMALIZE,
+        "each column's position in its window of k columns, 0 .. k-1",
+        _window_position,
+        "position",
+        "",
+        size="k",
     ),
 ]
 ALL_ROW_OPS: dict[str, RowOpDef] = {**ROW_OPS, **{op.name: op for op in _INTERNAL_ROW_OPS}}

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from kgen.ir import Gemm, Instr, Kernel, Kind, Role
-from kgen.ops import ALL_ROW_OPS, OPS, ArgType
+from kgen.ops import ALL_ROW_OPS, OPS, ArgType, RowKind
 
 
 def _fp32(value: float) -> float:
@@ -181,6 +181,9 @@ def _row_op(kernel: Kernel, instr: Any, values: list[Any], acc: torch.Tensor) ->
         # [N] as [1, N], or per element as [M, N] (kgen.testing's gradient leaves)
         weight, bias = (t.reshape(-1) if t.dim() < 2 or t.shape[0] == 1 else t for t in rest)
     result = rowdef.reference(x, instr.size, eps, weight, bias)
+    if rowdef.kind is RowKind.UNPOOL:  # the remainder columns no window covers: 0
+        width = acc.shape[1] // instr.pool
+        result = torch.nn.functional.pad(result, (0, width - result.shape[1]))
     return result.to(acc.dtype)
 
 

@@ -585,11 +585,23 @@ def _spread(kernel: Kernel, operands: dict[str, Any], M: int, N: int) -> dict[st
         if not isinstance(value, torch.Tensor):
             continue
         value = value.detach().double()
-        if value.shape != (M, N) and kernel.operand(name).pool == 1:
-            # as the reference broadcasts it ([1, N], [M, 1], []), copied out to [M, N]
-            value = reference._shaped(kernel, name, value, torch.float64).expand(M, N).clone()
+        pool = _used_after(kernel, name)
+        if value.shape != (M, N) and kernel.operand(name).pool == 1 and pool:
+            # as the reference broadcasts it ([1, N], [M, 1], []), copied out to the
+            # [M, N // pool] values it meets
+            shaped = reference._shaped(kernel, name, value, torch.float64)
+            value = shaped.expand(M, N // pool).clone()
         leaves[name] = value.requires_grad_()
     return leaves
+
+
+def _used_after(kernel: Kernel, name: str) -> int:
+    """The pool of the [M, W] values an operand is combined with (1: the GEMM's
+    columns), or 0 where it meets values of several (before and after a pool: it is
+    left as it is, unspread)."""
+    loads = {i.id for i in kernel.body if i.op == "load" and i.attr == name}
+    pools = {i.pool for i in kernel.body if loads.intersection(i.args) and i.kind is Kind.TILE}
+    return pools.pop() if len(pools) == 1 else (1 if not pools else 0)
 
 
 def _reduce(kernel: Kernel, name: str, term: torch.Tensor, arg: torch.Tensor) -> torch.Tensor:

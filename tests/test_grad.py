@@ -14,6 +14,7 @@ Three levels, each independent of the next:
 from __future__ import annotations
 
 import contextlib
+import math
 
 import pytest
 import torch
@@ -29,14 +30,19 @@ from kgen.ir import Kernel, Kind, Role
 from kgen.tune import Shape, inputs
 
 NAMES = [p.stem for p in SPECS]
-NOT_DIFFERENTIABLE = {"row_pools": "maxpool"}
+NOT_DIFFERENTIABLE: dict[str, str] = {}  # every committed spec has a gradient
 DIFFERENTIABLE = [n for n in NAMES if n not in NOT_DIFFERENTIABLE]
+# what derive still refuses (NotDifferentiable.op), for specs it is given at random
+_REFUSED = (" with a learned ", "after one of other groups", "with a groupnorm and a pool")
+_REFUSED_AFTER_POOL = " after a pool"
 
 
 def _columns(kernel: Kernel, N: int) -> int:
-    """A column count the kernel's row operations accept (groupnorm's groups)."""
+    """A column count the kernel's row operations accept (groupnorm's groups; at
+    least one column left after the pools, for a reduction after them)."""
     groups = max((i.size for i in kernel.row_ops if i.op == "groupnorm"), default=1)
-    return max(N // groups, 1) * groups
+    windows = math.prod(i.size for i in kernel.row_ops if i.op in ("avgpool", "maxpool"))
+    return max(N // groups, 1, -(-windows // groups)) * groups
 
 
 def _operands(kernel: Kernel, M: int, N: int, generator: torch.Generator) -> dict:
@@ -72,7 +78,8 @@ def _backward_ir(kernel: Kernel, acc, operands: dict, dout) -> list[torch.Tensor
             g = g.sum(0, keepdim=True)
         if g.shape[1] > 1 and kind in (Kind.ROW, Kind.SCALAR):
             g = g.sum(1, keepdim=True)
-        full = {Kind.TILE: (M, N), Kind.COL: (1, N), Kind.ROW: (M, 1), Kind.SCALAR: (1, 1)}
+        width = like.shape[-1] if kind in (Kind.TILE, Kind.COL) and like.dim() else N
+        full = {Kind.TILE: (M, width), Kind.COL: (1, width), Kind.ROW: (M, 1), Kind.SCALAR: (1, 1)}
         grads.append(g.expand(full[kind]).reshape(like.shape))
     return grads
 
@@ -127,13 +134,10 @@ def test_the_backward_ir_of_random_chains_matches_autograd(
     try:
         derive(kernel)
     except NotDifferentiable as error:
-        # no rule yet, or a learned tensor where a rule takes a constant (a slope)
-        # or a second groupnorm of other groups (one slot width per backward kernel)
-        assert (
-            error.op in ("avgpool", "maxpool")
-            or " with a learned " in error.op
-            or error.op == "groupnorm after one of other groups"
-        )
+        # a learned tensor where a rule takes a constant (a slope), a second
+        # groupnorm of other groups or a groupnorm and a pool (one kind of slots per
+        # backward kernel), a column count after a pool (N // k)
+        assert any(r in error.op for r in _REFUSED) or error.op.endswith(_REFUSED_AFTER_POOL)
         return
     _check_ir(kernel, M, _columns(kernel, N), seed)
 
@@ -196,11 +200,23 @@ def test_double_backward_is_refused() -> None:
         torch.autograd.grad(gx.square().sum(), model.weight)
 
 
-def test_ops_without_rules_are_named() -> None:
-    for name, op in NOT_DIFFERENTIABLE.items():
-        with pytest.raises(NotDifferentiable) as caught:
-            derive(committed(name)[0].kernel)
-        assert caught.value.op == op
+@pytest.mark.parametrize(
+    ("spec", "op", "column"),
+    [
+        # one kind of slots per backward kernel: a groupnorm's or the pools' windows
+        ("epilogue: bias; groupnorm(2); maxpool(2)\n", "maxpool with a groupnorm and a pool", 31),
+        # a column-less gradient counted over the N // 2 columns of a pool's result
+        (
+            "param s: scalar = 0.5\nepilogue: bias; maxpool(2); add(s); row_sum(keepdim=false)\n",
+            "add after a pool",
+            29,
+        ),
+    ],
+)
+def test_what_derive_still_refuses_is_named(spec: str, op: str, column: int) -> None:
+    with pytest.raises(NotDifferentiable) as caught:
+        derive(compile_spec(spec, "refused.fuse").kernel)
+    assert (caught.value.op, caught.value.span.column) == (op, column)
 
 
 class _Derived(torch.autograd.Function):
@@ -345,12 +361,13 @@ def test_no_grad_saves_nothing_and_checkpointing_works() -> None:
     torch.testing.assert_close(x.grad, want, rtol=1e-5, atol=1e-6)
 
 
-def test_a_spec_without_a_rule_runs_forward_and_names_the_op_at_backward() -> None:
-    _, module = committed("row_pools")
+def test_a_spec_without_a_rule_runs_forward_and_names_the_op_at_backward(tmp_path) -> None:
+    spec = "epilogue: bias; groupnorm(2); maxpool(2)\n"
+    _, module = build_and_import(spec, tmp_path, "refused.fuse")
     model = module.ModelNew(8, 12)
     out = model(torch.randn(3, 8))
     assert out.requires_grad
-    with pytest.raises(NotImplementedError, match=r"maxpool \(row_pools.fuse:2:17\)"):
+    with pytest.raises(NotImplementedError, match=r"maxpool with a groupnorm and a pool \("):
         out.sum().backward()
 
 
@@ -389,6 +406,32 @@ def test_groupnorm_gradients_for_any_group_width(
         testing.assert_gradients_match(kernel, grads, args, dout, **floats)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    ("epilogue", "N"),
+    [
+        ("maxpool(2); avgpool(3); row_min(keepdim=false); sigmoid", 47),  # remainders
+        ("relu; maxpool(4); gelu", 36),  # ties: relu's zeros, the first one takes it
+        ("avgpool(3); softmax", 20),
+        ("maxpool(3); mul(s); maxpool(2); log_softmax", 31),  # a learned scalar after them
+        ("avgpool(5); row_sum(keepdim=false)", 12),  # a gradient without columns
+        ("avgpool(2)", 9),  # nothing recomputed: the pool's level from its unpool
+    ],
+)
+def test_pool_gradients(epilogue: str, N: int, device: str, tmp_path) -> None:
+    """Pools' derivatives: a window's gradient to its first maximum (maxpool, as
+    torch's max_pool1d) or spread evenly (avgpool), none to the remainder columns no
+    window covers; pooled windows in nested power-of-two slots of register columns
+    (kgen/lower/backward.py), windows of 2 to 5, rows over many programs."""
+    spec = f"param s: scalar = 0.7\nepilogue: bias; {epilogue}\n"
+    compiled, module = build_and_import(spec, tmp_path, "pools.fuse")
+    kernel = compiled.kernel
+    for dtype in (torch.float32, torch.bfloat16):
+        args, floats = inputs(kernel, Shape(70, N, 9), dtype, device=device, seed=3)
+        _, dout, grads = _grads(module, kernel, args, floats)
+        testing.assert_gradients_match(kernel, grads, args, dout, **floats)
+
+
 def _launches(module, kernel: Kernel, N: int, M: int = 70) -> list[dict]:
     """The launches a call at M x N x 9 (on the CPU) planned: an inference call's, a
     training call's and, where the spec has a backward, its backward's; pointers as
@@ -420,10 +463,24 @@ def _launches(module, kernel: Kernel, N: int, M: int = 70) -> list[dict]:
 
 @pytest.mark.parametrize("N", [48, 300, 2000])
 def test_pool_kernels_compile_for_hopper(N: int, tmp_path) -> None:
-    """specs/row_pools.fuse's kernels (windows of 2, then of 3: gathers) at the tiles
-    the runtime picks compile for sm90 on this CPU (tests/helpers.py)."""
+    """specs/row_pools.fuse's kernels (windows of 2, then of 3: gathers forward, nested
+    slots backward) at the tiles the runtime picks compile for sm90 on this CPU
+    (tests/helpers.py), the backward included."""
     compiled, module = committed("row_pools")
-    compile_for_hopper(module, _launches(module, compiled.kernel, N), tmp_path)
+    launches = _launches(module, compiled.kernel, N)
+    assert any(launch["kernel"].endswith("_backward") for launch in launches)
+    compile_for_hopper(module, launches, tmp_path)
+
+
+@pytest.mark.parametrize("N", [31, 1000])
+def test_pool_backward_with_a_whole_row_op_compiles_for_hopper(N: int, tmp_path) -> None:
+    """A whole-row op over a pooled value (its reductions over one register column of
+    each window) and a learned scalar's gradient summed at the pooled level, for sm90."""
+    spec = "param s: scalar = 0.7\nepilogue: bias; maxpool(3); mul(s); maxpool(2); log_softmax\n"
+    compiled, module = build_and_import(spec, tmp_path, "pools.fuse")
+    launches = _launches(module, compiled.kernel, N)
+    assert any(launch["kernel"].endswith("_backward") for launch in launches)
+    compile_for_hopper(module, launches, tmp_path)
 
 
 @pytest.mark.parametrize(("groups", "width"), [(1, 12), (2, 100), (37, 3), (342, 12)])

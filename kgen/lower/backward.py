@@ -21,7 +21,7 @@ from kgen.ir import Kind, Operand
 from kgen.lower.epilogue import Level, Writer
 from kgen.lower.steps import RowStep
 from kgen.lower.text import new_namer
-from kgen.ops import ALL_ROW_OPS
+from kgen.ops import ALL_ROW_OPS, RowKind
 
 _HAS_COLUMNS = (Kind.TILE, Kind.COL)
 
@@ -42,17 +42,73 @@ def grad_pointer(name: str) -> str:
     return f"_grad_{name}_ptr"
 
 
+def windows(backward: Backward) -> tuple[int, ...]:
+    """The windows of the forward's pools, in order, as the backward sees them (the
+    pools it recomputes, the unpools of their derivatives): the first pools GEMM
+    columns, each next one the previous one's result (its column levels are 1, k0,
+    k0 k1, ...); the rules' own pools reuse those windows. Empty without pools."""
+    bk = backward.kernel
+    pools = []  # (level, window): the pools the backward runs and their unpools
+    for i in bk.body:
+        if i.row and bk.value(i.args[0]).kind is Kind.TILE:
+            kind = ALL_ROW_OPS[i.op].kind
+            if kind is RowKind.POOL:
+                pools.append((bk.value(i.args[0]).pool, i.size))
+            elif kind is RowKind.UNPOOL:
+                pools.append((i.pool, i.size))
+    pools.sort()
+    chain: list[int] = []
+    for p, k in pools:
+        if p == _levels(chain)[-1]:
+            chain.append(k)
+    assert all((p, k) in zip(_levels(chain), chain, strict=False) for p, k in pools), pools
+    return tuple(chain)
+
+
+def _levels(chain: list[int] | tuple[int, ...]) -> list[int]:
+    levels = [1]
+    for k in chain:
+        levels.append(levels[-1] * k)
+    return levels
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _span(chain: tuple[int, ...], level: int) -> int:
+    """Register columns per column of `level` (the product of its windows' slots)."""
+    span = 1
+    for p, k in zip(_levels(chain), chain, strict=False):
+        if p >= level:
+            break
+        span *= _pow2(k)
+    return span
+
+
 def segment_sizes(backward: Backward) -> tuple[int, ...]:
     """Per row operation of the backward IR, in order: its groups where it works on
     groups of columns (groupnorm, group_mean; the kernel takes SEG_i and NSEG_i for
-    it), else 0 (the whole row, or one value per row). All groupwise ones have the same
-    groups (kgen.derive refuses others), as the kernel's slots need."""
+    it); for a pool, the register columns of one of its windows (SEG_i; `windows`);
+    else 0 (the whole row, or one value per row, or no reduction). All groupwise ones
+    have the same groups (kgen.derive refuses others), as the kernel's slots need."""
     bk = backward.kernel
-    return tuple(
-        i.size if i.size > 1 and bk.value(i.args[0]).kind is Kind.TILE else 0
-        for i in bk.body
-        if i.row
-    )
+    chain = windows(backward)
+    sizes = []
+    for i in bk.body:
+        if not i.row:
+            continue
+        x = bk.value(i.args[0])
+        kind = ALL_ROW_OPS[i.op].kind
+        if x.kind is not Kind.TILE or i.size <= 1 or kind is RowKind.UNPOOL:
+            sizes.append(0)
+        elif kind is RowKind.POOL:
+            sizes.append(_span(chain, x.pool * i.size))
+        elif ALL_ROW_OPS[i.op].family == "position":
+            sizes.append(0)
+        else:
+            sizes.append(i.size)
+    return tuple(sizes)
 
 
 def _slots(segments: tuple[int, ...]) -> list[str]:
@@ -70,6 +126,41 @@ def _slots(segments: tuple[int, ...]) -> list[str]:
     ]
 
 
+def _window_slots(chain: tuple[int, ...]) -> list[str]:
+    """With pools, each window of k columns sits in a power-of-two slot of
+    next_pow2(k) register columns, nested level by level (the padding masked off), and
+    a pooled value stays in its window's register columns: every window reduction is
+    a reshape, and no value changes width."""
+    if not chain:
+        return []
+    lines = ["    slot_n = tl.arange(0, BLOCK_N)  # (one program spans the row)"]
+    width = 1
+    for j, k in enumerate(chain):
+        s = _pow2(k)
+        lines.append(f"    digit_n = slot_n % {s}")
+        if j == 0:
+            lines.append(f"    valid_n = digit_n < {k}")
+            lines.append("    col_n = digit_n")
+        else:
+            if s != k:
+                lines.append(f"    valid_n = valid_n & (digit_n < {k})")
+            lines.append(f"    col_n = col_n + digit_n * {width}")
+        lines.append(f"    slot_n = slot_n // {s}")
+        width *= k
+    lines.append(f"    offs_n = tl.where(valid_n, col_n + slot_n * {width}, N)")
+    return lines
+
+
+def _window_levels(writer: Writer, chain: tuple[int, ...]) -> None:
+    """Each pooled level's columns: the level's column of every register column, the
+    valid ones, and one register column of each (what reductions over it take)."""
+    for p in _levels(chain)[1:]:
+        gcol = writer.assign(f"gcol_{p}", f"offs_n // {p}")
+        ok = writer.assign(f"ok_{p}", f"offs_n < (N // {p}) * {p}")
+        rep = writer.assign(f"rep_{p}", f"{ok} & (offs_n % {p} == 0)")
+        writer.levels[p] = Level("", gcol, ok, "BLOCK_N", rep=rep)
+
+
 def backward_kernel(backward: Backward) -> str:
     bk = backward.kernel
     tensors = [o for o in bk.operands if o.role.is_tensor and o.name != DOUT]
@@ -82,10 +173,11 @@ def backward_kernel(backward: Backward) -> str:
     params = [*pointers, "M", "N", *strides, *floats]
     params += ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "WIDE: tl.constexpr"]
     segments = segment_sizes(backward)
+    chain = windows(backward)
     params += [
         f"{c}_{i}: tl.constexpr" for i, size in enumerate(segments) if size for c in ("SEG", "NSEG")
     ]
-    grouped = any(segments)
+    grouped = any(segments) and not chain
     if grouped:
         params.append("COLS: tl.constexpr")
     lines = [
@@ -99,7 +191,8 @@ def backward_kernel(backward: Backward) -> str:
         "    pid_n = tl.program_id(1)",
         "    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
         "    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)",
-        *_slots(segments),
+        *_slots(segments if not chain else ()),
+        *_window_slots(chain),
         "    if WIDE:",
         "        offs_m = offs_m.to(tl.int64)",
         "        offs_n = offs_n.to(tl.int64)",
@@ -113,6 +206,8 @@ def backward_kernel(backward: Backward) -> str:
     if grouped:
         writer.group_columns = "COLS"
     writer.levels[1] = Level("", "offs_n", "mask_n", "BLOCK_N", tile="mask_mn")
+    _window_levels(writer, chain)
+    writer.pools_in_place = True
     if backward.saves_acc:
         writer.line("acc = tl.load(_saved_ptr + offs_mn, mask=mask_mn, other=0.0).to(tl.float32)")
     index = 0
@@ -122,7 +217,7 @@ def backward_kernel(backward: Backward) -> str:
             trivial = x.kind is not Kind.TILE
             # one group is the whole row; else a program's row holds instr.size groups
             whole = trivial or instr.size <= 1
-            step = RowStep(index, instr, ALL_ROW_OPS[instr.op], 1, trivial, whole, False)
+            step = RowStep(index, instr, ALL_ROW_OPS[instr.op], x.pool, trivial, whole, False)
             writer.row_in_tile(step)
             index += 1
         else:
@@ -143,15 +238,20 @@ def backward_kernel(backward: Backward) -> str:
     )
     for name, i in grads:
         operand = bk.operand(name)
-        held = bk.value(i).kind
+        assert operand.pool == 1  # (after a pool only a groupnorm's affine, refused)
+        value = bk.value(i)
         ptr = grad_pointer(name)
         if operand.kind is Kind.TILE:
             writer.line(f"tl.store({ptr} + offs_mn, {tile(i)}, mask=mask_mn)")
             continue
+        # the columns a gradient is summed over: one register column of each column of
+        # the level it is held at
+        level = writer.levels[value.pool if value.kind in _HAS_COLUMNS else 1]
+        cols = "mask_mn" if not level.rep else f"mask_m[:, None] & {level.rep}[None, :]"
         # a gradient the same in every column, for an operand without columns, counts
         # once per row: column 0's
-        once = held not in _HAS_COLUMNS and operand.kind not in _HAS_COLUMNS
-        cols = "mask_mn & (offs_n[None, :] == 0)" if once else "mask_mn"
+        if value.kind not in _HAS_COLUMNS and operand.kind not in _HAS_COLUMNS:
+            cols = "mask_mn & (offs_n[None, :] == 0)"
         masked = writer.assign(f"grad_{name}", f"tl.where({cols}, {tile(i)}, 0.0)")
         if operand.kind is Kind.COL:
             writer.line(

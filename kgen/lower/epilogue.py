@@ -55,6 +55,10 @@ class Level:
     ok: str
     width: str
     tile: str = ""
+    # where the code holds each of the level's columns in several register columns
+    # (the backward's pools: kgen/lower/backward.py), the mask of one of each, which
+    # reductions over the level take
+    rep: str = ""
 
 
 class Writer:
@@ -75,6 +79,9 @@ class Writer:
         self.absolute = absolute_forms(kernel)  # values in their op's cheaper form
         # the columns in a group of a groupwise row op, where not SEG_i (the backward's)
         self.group_columns: str | None = None
+        # a pool's result stays in the register columns of its windows, each window's
+        # value in all of them (the backward's), instead of one column a window
+        self.pools_in_place = False
 
     def fresh(self, hint: str) -> str:
         return self.namer.fresh(hint, 0)
@@ -138,8 +145,16 @@ class Writer:
             self.names[instr.id] = self.assign(instr.op, _trivial(rowdef, v))
             return
         level = self.levels[step.pool]
+        if rowdef.family == "unpool":  # in place already: the remainder zeroed
+            self.names[instr.id] = self.assign(instr.op, f"tl.where({level.ok}[None, :], {v}, 0.0)")
+            return
+        if rowdef.family == "position":
+            position = f"({level.gcol} % {instr.size}).to(tl.float32)[None, :]"
+            self.names[instr.id] = self.assign(instr.op, f"tl.zeros_like({v}) + {position}")
+            return
         i = step.index
-        ok = f"{level.ok}[None, :]"
+        ok = f"{level.rep or level.ok}[None, :]"
+        in_place = self.pools_in_place and rowdef.kind is RowKind.POOL
         if step.whole:
 
             def red(expr: str, op: str) -> str:
@@ -157,9 +172,13 @@ class Writer:
             def bc(stat: str) -> str:
                 return f"_seg_bcast({stat}, SEG_{i}, {level.width})"
 
-            count = self.group_columns or f"SEG_{i}"
+            count = str(instr.size) if in_place else (self.group_columns or f"SEG_{i}")
         stats = self._statistics(rowdef, v, ok, red, bc, count, instr)
-        if rowdef.kind is RowKind.NORMALIZE:
+        if in_place:
+            expr = rowdef.apply.format(
+                **{k: s if k == "count" else bc(s) for k, s in stats.items()}
+            )
+        elif rowdef.kind is RowKind.NORMALIZE:
             fields = {k: s if k == "count" else bc(s) for k, s in stats.items()}
             fields.update(self._affine(instr))
             expr = rowdef.apply.format(x=v, **fields)

@@ -11,7 +11,7 @@ from kgen import __version__
 from kgen.derive import Backward, NotDifferentiable, derive
 from kgen.ir import Gemm, InitArg, Kernel, Kind, Role
 from kgen.lower import steps
-from kgen.lower.backward import backward_kernel, segment_sizes
+from kgen.lower.backward import backward_kernel, segment_sizes, windows
 from kgen.lower.kernel import gemm_kernels, helpers
 from kgen.lower.text import comment, literal, spec_lines
 
@@ -92,6 +92,7 @@ def _declaration(kernel: Kernel, backward: Backward | str) -> str:
     else:
         grads = tuple(name for name, i in backward.grads[1:] if i is not None)
         segments = segment_sizes(backward)
+        chain = windows(backward)
         lines += [
             "    backward=_runtime.Backward(",
             f"        kernel={backward.kernel.name},",
@@ -99,6 +100,7 @@ def _declaration(kernel: Kernel, backward: Backward | str) -> str:
             f"        saves={backward.saves_acc},",
             f"        rows={backward.rows},",
             *([f"        segments={segments!r},"] if any(segments) else []),
+            *([f"        windows={chain!r},"] if chain else []),
             "    ),",
         ]
     lines += [

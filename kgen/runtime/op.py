@@ -111,6 +111,7 @@ class Backward(NamedTuple):
     saves: bool
     rows: bool
     segments: tuple[int, ...] = ()  # per row op: its groups of columns, or 0
+    windows: tuple[int, ...] = ()  # the pools' windows, in order (segments: their slots)
 
 
 _BACKWARD_ELEMENTS = 4096  # a backward program's tile: BLOCK_M * BLOCK_N elements at most
@@ -121,7 +122,20 @@ def backward_tiling(backward: Backward, N: int) -> tuple[int, int, dict[str, int
     """A backward program's tile, BLOCK_M x BLOCK_N, for rows of N columns, and the
     constexprs of its groups of columns: with a groupwise row op (groupnorm), COLS
     columns a group, each group in a slot of SEG_i (a power of two) register columns,
-    NSEG_i slots a tile (kgen/lower/backward.py)."""
+    NSEG_i slots a tile; with pools, their windows in nested slots, SEG_i register
+    columns a window of pool i (kgen/lower/backward.py)."""
+    if backward.windows:
+        # each window of k columns in a slot of next_pow2(k) register columns, nested
+        # window by window; SEG_i: the register columns of one window of pool i
+        slots = math.prod(triton.next_power_of_2(k) for k in backward.windows)
+        top = max(-(-N // math.prod(backward.windows)), 1)
+        block_n = triton.next_power_of_2(top) * slots
+        block_m = max(1, min(_BACKWARD_BLOCK[0], _BACKWARD_ELEMENTS // block_n))
+        layout: dict[str, int] = {}
+        for i, span in enumerate(backward.segments):
+            if span:
+                layout[f"SEG_{i}"], layout[f"NSEG_{i}"] = span, block_n // span
+        return block_m, block_n, layout
     groups = max(backward.segments, default=0)
     if not backward.rows:
         assert not groups
@@ -131,7 +145,7 @@ def backward_tiling(backward: Backward, N: int) -> tuple[int, int, dict[str, int
     slot = triton.next_power_of_2(N // groups) if groups else 0
     block_n = triton.next_power_of_2(max(groups * slot if groups else N, 1))
     block_m = max(1, min(_BACKWARD_BLOCK[0], _BACKWARD_ELEMENTS // block_n))
-    layout: dict[str, int] = {}
+    layout = {}
     if groups:
         layout["COLS"] = N // groups
         for i, size in enumerate(backward.segments):
