@@ -262,6 +262,11 @@ def linear_groupnorm_swish_kernel(
             )
             tile_centred_0 = tl.where(mask_n[None, :], bias_2 - tile_mean_0[:, None], 0.0)
             tile_m2_0 = tl.sum(tile_centred_0 * tile_centred_0, axis=1)
+            tile_spread_0 = tl.where(
+                (tile_m2_0 > 0.0) & (tile_m2_0 < float("inf")),
+                tl.sqrt_rn(tile_m2_0 / tl.maximum(tile_count_0, 1.0)),
+                1.0,
+            )
             tile_stat0_0 = tile_count_0 + tl.zeros([BLOCK_M], dtype=tl.float32)
             tile_stat1_0 = tile_mean_0
             tile_stat2_0 = tile_m2_0
@@ -275,7 +280,9 @@ def linear_groupnorm_swish_kernel(
                 tl.store(stat_t_0 + stat_j_0 * M * num_tiles_n, stat_0, mask=mask_m)
             tl.store(
                 out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on),
-                (bias_2 - tile_mean_0[:, None]).to(out_ptr.dtype.element_ty),
+                ((bias_2 - tile_mean_0[:, None]) * (1.0 / tile_spread_0)[:, None]).to(
+                    out_ptr.dtype.element_ty
+                ),
                 mask=mask_m[:, None] & mask_n[None, :],
             )
         else:
@@ -380,6 +387,13 @@ def linear_groupnorm_swish_finish(
             chunk_mean_0 = tl.load(stat_rows + M * num_tiles_n + chunk, mask=mask_m, other=0.0)[
                 :, None
             ]
+            chunk_count_0 = tl.load(stat_rows + 0 * M * num_tiles_n + chunk, mask=mask_m, other=0.0)
+            chunk_m2_0 = tl.load(stat_rows + 2 * M * num_tiles_n + chunk, mask=mask_m, other=0.0)
+            chunk_spread_0 = tl.where(
+                (chunk_m2_0 > 0.0) & (chunk_m2_0 < float("inf")),
+                tl.sqrt_rn(chunk_m2_0 / tl.maximum(chunk_count_0, 1.0)),
+                1.0,
+            )
             # src[linear_groupnorm_swish.fuse:2]: epilogue: bias; groupnorm(256); swish
             weight_4 = tl.load(
                 groupnorm_weight_ptr + gcol * stride_groupnorm_weight_n, mask=col_ok, other=0.0
@@ -387,9 +401,9 @@ def linear_groupnorm_swish_finish(
             bias_5 = tl.load(
                 groupnorm_bias_ptr + gcol * stride_groupnorm_bias_n, mask=col_ok, other=0.0
             ).to(tl.float32)[None, :]
-            groupnorm_0 = (tile_relative + (chunk_mean_0 - row_mean_0[:, None])) * row_rstd_0[
-                :, None
-            ] * weight_4 + bias_5
+            groupnorm_0 = (
+                tile_relative * chunk_spread_0[:, None] + (chunk_mean_0 - row_mean_0[:, None])
+            ) * row_rstd_0[:, None] * weight_4 + bias_5
             silu_7 = _silu(groupnorm_0)
             tl.store(
                 out_ptr + (offs_m[:, None] * stride_om + gcol[None, :] * stride_on),

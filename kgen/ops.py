@@ -643,8 +643,11 @@ COMPARISONS: dict[str, str] = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 # statistics; `shift` says how the exp family picks m from the maximum {max} (it
 # decides what infinities give, as in torch). Two-pass lowering (kgen/lower/rows.py) stores,
 # for a normaliser, `partial` -- the value relative to its tile's statistics {m_t},
-# {mean_t}, which keeps it well conditioned in the output dtype -- and finishes with
-# `finish` from that stored {u}, the tile's statistics and the row's.
+# {mean_t}, which keeps it well conditioned in the output dtype; the moments family also
+# divides it by the tile's spread {spread_t} = 1 / {scale_t} (its standard deviation, or
+# 1), so that it fits a 16-bit dtype (a deviation of 1e5 is finite after a layernorm,
+# not in fp16) -- and finishes with `finish` from that stored {u}, the tile's statistics
+# and the row's.
 
 
 class RowKind(enum.Enum):
@@ -891,8 +894,8 @@ _ROW_OPS = [
         lambda x, _size, eps, *__: F.layer_norm(x, (x.shape[1],), eps=eps),
         "moments",
         "({x} - {mean}) * {rstd}",
-        partial="{x} - {mean_t}",
-        finish="({u} + ({mean_t} - {mean})) * {rstd}",
+        partial="({x} - {mean_t}) * {scale_t}",
+        finish="({u} * {spread_t} + ({mean_t} - {mean})) * {rstd}",
         eps=True,
         grad=_d_layernorm,
     ),
@@ -903,8 +906,8 @@ _ROW_OPS = [
         lambda x, groups, eps, weight, bias: _group_norm(x, groups, eps, weight, bias),
         "moments",
         "({x} - {mean}) * {rstd} * {weight} + {bias}",
-        partial="{x} - {mean_t}",
-        finish="({u} + ({mean_t} - {mean})) * {rstd} * {weight} + {bias}",
+        partial="({x} - {mean_t}) * {scale_t}",
+        finish="({u} * {spread_t} + ({mean_t} - {mean})) * {rstd} * {weight} + {bias}",
         eps=True,
         size="groups",
         affine=True,

@@ -138,6 +138,28 @@ def test_random_row_chains(text: str, data: st.DataObject, tmp_path_factory) -> 
     testing.assert_matches_reference(kernel, out, *args)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "spec", ["epilogue: bias; exp; layernorm\n", "epilogue: bias; exp; groupnorm(1)\n"]
+)
+def test_two_pass_norms_store_a_large_deviation_in_fp16(spec: str, device: str, tmp_path) -> None:
+    """Two passes (257 columns) store each value relative to its tile's statistics in
+    the output's dtype: a deviation of e^12 overflowed fp16 (-inf out) where the norm
+    is finite; divided by the tile's spread it fits (found by test_random_row_chains)."""
+    compiled, module = build_and_import(spec, tmp_path, "spec.fuse")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 16, generator=generator).half().to(device)
+    weight = (torch.randn(257, 16, generator=generator) * 0.8).half().to(device)
+    bias = torch.zeros(257, dtype=torch.float16, device=device)
+    bias[162] = 12.0
+    args = [x, weight, bias]
+    if "groupnorm" in spec:
+        args += [torch.ones(257, dtype=torch.float16, device=device), torch.zeros_like(bias)]
+    out = getattr(module, compiled.kernel.name)(*args)
+    assert torch.isfinite(out).all()
+    testing.assert_matches_reference(compiled.kernel, out, *args)
+
+
 def test_output_shapes() -> None:
     cases = {
         "epilogue: bias; softmax": (6, 40),

@@ -246,7 +246,8 @@ class Writer:
             d = self.assign("tile_centred", f"tl.where({ok}, {v} - {mean}[:, None], 0.0)")
             m2 = self.assign("tile_m2", f"tl.sum({d} * {d}, axis=1)")
             parts = [f"{count} + tl.zeros([BLOCK_M], dtype=tl.float32)", mean, m2]
-            fields = {"mean_t": f"{mean}[:, None]"}
+            spread = self.assign("tile_spread", tile_spread(m2, count))
+            fields = {"mean_t": f"{mean}[:, None]", "scale_t": f"(1.0 / {spread})[:, None]"}
         elif family == "sum":
             parts = [f"tl.sum(tl.where({ok}, {v}, 0.0), axis=1)"]
         else:
@@ -271,6 +272,16 @@ class Writer:
                 f"* stride_on), ({u}).to(out_ptr.dtype.element_ty), "
                 f"mask=mask_m[:, None] & {ok})"
             )
+
+
+def tile_spread(m2: str, count: str) -> str:
+    """A tile's standard deviation from its sum of squared deviations and count, 1
+    where that is 0 or not finite: the two-pass moments' scale (the GEMM kernel and the
+    finishing kernel compute it alike, from the same fp32 statistics)."""
+    return (
+        f"tl.where(({m2} > 0.0) & ({m2} < float('inf')), "
+        f"tl.sqrt_rn({m2} / tl.maximum({count}, 1.0)), 1.0)"
+    )
 
 
 def _partial_shift(rowdef: RowOpDef, mx: str) -> str:

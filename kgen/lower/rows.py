@@ -64,7 +64,7 @@ reductions, gathers and stores here are the only ones row operations add.
 from __future__ import annotations
 
 from kgen.ir import Kernel, Kind
-from kgen.lower.epilogue import Level, Writer
+from kgen.lower.epilogue import Level, Writer, tile_spread
 from kgen.lower.steps import NSTATS, RowStep, steps
 from kgen.ops import RowKind
 
@@ -337,6 +337,14 @@ def _finish_split(w: Writer, kernel: Kernel, step: RowStep, segments: list[int])
             "chunk_mean",
             "tl.load(stat_rows + M * num_tiles_n + chunk, mask=mask_m, other=0.0)[:, None]",
         )
+        c_t, m2_t = (
+            w.assign(
+                f"chunk_{what}",
+                f"tl.load(stat_rows + {j} * M * num_tiles_n + chunk, mask=mask_m, other=0.0)",
+            )
+            for j, what in ((0, "count"), (2, "m2"))
+        )
+        fields["spread_t"] = w.assign("chunk_spread", tile_spread(m2_t, c_t)) + "[:, None]"
     if rowdef.affine:
         _recompute(w, kernel, [instr.args[2], instr.args[3]], segments)
         fields.update(w._affine(instr))
