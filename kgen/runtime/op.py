@@ -492,10 +492,13 @@ class GemmOp:
         lead = tuple(x.shape[:-1])
         N = weight.shape[0] if self.linear else weight.shape[1]
         M = math.prod(lead)
-        x2 = x.reshape(M, x.shape[-1])
         views = self._views(tuple(tensors), lead, N)
-        rows = self.rows is not None and self.rows.columns != "N"
-        g = dout.reshape(M) if rows else dout.reshape(M, dout.shape[-1])
+        # (each reshape skipped where the tensor has its shape already: a dispatcher
+        # call less on the CPU's side of a training step)
+        if self.rows is not None and self.rows.columns != "N":
+            g = dout if dout.dim() == 1 else dout.reshape(M)
+        else:
+            g = dout if dout.dim() == 2 else dout.reshape(M, dout.shape[-1])
         key = (launch.layout_key(tensors), _layout(g), _layout(saved))
         plan = self.backward_plans.get(key)
         if plan is None:
@@ -503,11 +506,8 @@ class GemmOp:
             if len(self.backward_plans) >= _PLANS_MAX:
                 self.backward_plans.clear()
             self.backward_plans[key] = plan
-        dz = torch.empty((M, N), device=x.device, dtype=x.dtype)
-        partials = {
-            name: torch.empty(shape, device=x.device, dtype=dtype)
-            for name, shape, dtype in plan.partials
-        }
+        dz = x.new_empty((M, N))
+        partials = {name: x.new_empty(shape, dtype=dtype) for name, shape, dtype in plan.partials}
         if plan.launch is None:  # an empty problem
             dz.zero_()
         else:
@@ -520,10 +520,11 @@ class GemmOp:
         grads: list[torch.Tensor] = []
         if needs[0]:
             dx = dz @ weight if self.linear else dz @ weight.T
-            grads.append(dx.reshape(x.shape))
+            grads.append(dx if x.dim() == 2 else dx.reshape(x.shape))
         else:
             grads.append(x.new_empty(0))
         if needs[1]:
+            x2 = x if x.dim() == 2 else x.reshape(M, x.shape[-1])
             grads.append(dz.T @ x2 if self.linear else x2.T @ dz)
         else:
             grads.append(weight.new_empty(0))
@@ -535,7 +536,9 @@ class GemmOp:
             else:
                 part = partials[name]
                 total = part if kind == "tile" else part.sum(0)
-                grads.append(total.reshape(t.shape).to(t.dtype))
+                if total.dim() != t.dim():
+                    total = total.reshape(t.shape)
+                grads.append(total if total.dtype == t.dtype else total.to(t.dtype))
         return grads
 
     def _backward_plan(
