@@ -483,6 +483,17 @@ def test_pool_backward_with_a_whole_row_op_compiles_for_hopper(N: int, tmp_path)
     compile_for_hopper(module, launches, tmp_path)
 
 
+@pytest.mark.parametrize("norm", ["layernorm", "groupnorm(1)", "groupnorm(3)"])
+def test_two_pass_norm_kernels_compile_for_hopper(norm: str, tmp_path) -> None:
+    """A norm over more columns than a tile holds runs in two passes, the first storing
+    each value divided by its tile's spread, the finishing kernel multiplying it back
+    (kgen/lower/rows.py): every kernel of the spec, backward included, for sm90."""
+    compiled, module = build_and_import(f"epilogue: bias; exp; {norm}\n", tmp_path, "ln.fuse")
+    launches = _launches(module, compiled.kernel, 771)
+    assert any(launch["kernel"].endswith("_finish") for launch in launches)
+    compile_for_hopper(module, launches, tmp_path)
+
+
 @pytest.mark.parametrize(("groups", "width"), [(1, 12), (2, 100), (37, 3), (342, 12)])
 def test_groupnorm_kernels_compile_for_hopper(groups: int, width: int, tmp_path) -> None:
     """The forward and backward kernels of a groupnorm, with the tiles and constexprs
