@@ -154,8 +154,7 @@ class Rules:
         self.span = body[0].span
         self.hint = "d"
         self.size = 0  # the running op's groups (a row op's segments), for group_mean
-        self.running = ""  # the op whose rule is running, and its input's columns
-        self.level = 1
+        self.level = 1  # the columns of the input of the op whose rule is running
 
     @staticmethod
     def _key(instr: Instr) -> tuple[Any, ...]:
@@ -251,12 +250,9 @@ class Rules:
         return self.op("where", self.op("ge", like, like), value, value)
 
     def count(self, pool: int = 1) -> Value:
-        """The number of columns in a row: the GEMM's (`pool` 1). After a pool, N // k
-        is no fp32 expression of N the ops write: NotDifferentiable, naming the op
-        whose rule asks."""
-        if pool != 1:
-            raise NotDifferentiable(f"{self.running} after a pool", self.span)
-        return self.emit("arg", (), Kind.SCALAR, attr=COUNT)
+        """The number of columns in a row: the GEMM's N, or N // pool after pools (the
+        float argument N, divided by the kernel's lowering and the reference)."""
+        return self.emit("arg", (), Kind.SCALAR, attr=COUNT, pool=pool)
 
 
 def derive(kernel: Kernel) -> Backward:
@@ -307,7 +303,7 @@ def derive(kernel: Kernel) -> Backward:
             continue
         rules.span, rules.hint = instr.span, f"d_{instr.hint or instr.op}"
         rules.size = instr.size
-        rules.running, rules.level = instr.op, kernel.value(instr.args[0]).pool
+        rules.level = kernel.value(instr.args[0]).pool
         y = Value(rules, instr.id)
         args = [Value(rules, a) for a in instr.args]
         if instr.row:

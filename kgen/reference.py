@@ -127,6 +127,8 @@ def trace(
             value = _fp32(float(instr.attr))  # type: ignore[arg-type]
         elif instr.op in ("arg", "load"):
             value = _shaped(kernel, str(instr.attr), operands[str(instr.attr)], dtype)
+            if instr.op == "arg" and instr.pool > 1:  # the columns of a pooled level
+                value = _fp32(float(value) // instr.pool)
         elif instr.op in ALL_ROW_OPS:
             value = _row_op(kernel, instr, values, acc)
         else:

@@ -115,8 +115,10 @@ class Writer:
         if instr.op == "load":
             expr = self.load(self.kernel.operand(str(instr.attr)))
         elif instr.op == "arg":
-            # an fp32 scalar: the interpreter would otherwise do Python float math on it
-            expr = f"tl.full([], {instr.attr}, tl.float32)"
+            # an fp32 scalar: the interpreter would otherwise do Python float math on it;
+            # the backward's column count of a pooled level is N // pool
+            value = f"{instr.attr} // {instr.pool}" if instr.pool > 1 else instr.attr
+            expr = f"tl.full([], {value}, tl.float32)"
         else:
             args = [self.names[a] for a in instr.args]
             opdef = OPS[instr.op]
