@@ -263,8 +263,9 @@ def linear_groupnorm_swish_kernel(
             tile_centred_0 = tl.where(mask_n[None, :], bias_2 - tile_mean_0[:, None], 0.0)
             tile_m2_0 = tl.sum(tile_centred_0 * tile_centred_0, axis=1)
             tile_spread_0 = tl.where(
-                (tile_m2_0 > 0.0) & (tile_m2_0 < float("inf")),
-                tl.sqrt_rn(tile_m2_0 / tl.maximum(tile_count_0, 1.0)),
+                ((tile_m2_0 / tl.maximum(tile_count_0, 1.0)) > 0.0)
+                & ((tile_m2_0 / tl.maximum(tile_count_0, 1.0)) < float("inf")),
+                tl.sqrt_rn((tile_m2_0 / tl.maximum(tile_count_0, 1.0))),
                 1.0,
             )
             tile_stat0_0 = tile_count_0 + tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -390,8 +391,9 @@ def linear_groupnorm_swish_finish(
             chunk_count_0 = tl.load(stat_rows + 0 * M * num_tiles_n + chunk, mask=mask_m, other=0.0)
             chunk_m2_0 = tl.load(stat_rows + 2 * M * num_tiles_n + chunk, mask=mask_m, other=0.0)
             chunk_spread_0 = tl.where(
-                (chunk_m2_0 > 0.0) & (chunk_m2_0 < float("inf")),
-                tl.sqrt_rn(chunk_m2_0 / tl.maximum(chunk_count_0, 1.0)),
+                ((chunk_m2_0 / tl.maximum(chunk_count_0, 1.0)) > 0.0)
+                & ((chunk_m2_0 / tl.maximum(chunk_count_0, 1.0)) < float("inf")),
+                tl.sqrt_rn((chunk_m2_0 / tl.maximum(chunk_count_0, 1.0))),
                 1.0,
             )
             # src[linear_groupnorm_swish.fuse:2]: epilogue: bias; groupnorm(256); swish

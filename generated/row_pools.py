@@ -493,15 +493,14 @@ def row_pools_backward(
     d_maxpool_37 = maxpool_2000 >= 0.0
     d_maxpool_38 = tl.where(d_maxpool_37, maxpool_2000, d_maxpool_32)
     unpool_2000 = tl.where(ok_2_0[None, :], d_maxpool_38, 0.0)
-    d_maxpool_40 = window_position_0 < unpool_2000
-    d_maxpool_41 = window_position_0 > unpool_2000
-    d_maxpool_42 = tl.where(d_maxpool_41, 0.0, 1.0)
-    d_maxpool_43 = tl.where(d_maxpool_40, 0.0, d_maxpool_42)
     unpool_3000 = tl.where(ok_2_0[None, :], d_avgpool_22, 0.0)
-    d_maxpool_45 = unpool_3000 * d_maxpool_43
+    d_maxpool_41 = window_position_0 < unpool_2000
+    d_maxpool_42 = window_position_0 > unpool_2000
+    d_maxpool_43 = tl.where(d_maxpool_42, 0.0, unpool_3000)
+    d_maxpool_44 = tl.where(d_maxpool_41, 0.0, d_maxpool_43)
     # -- the gradients
-    tl.store(_dz_ptr + offs_mn, d_maxpool_45.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
-    grad_bias_0 = tl.where(mask_mn, d_maxpool_45, 0.0)
+    tl.store(_dz_ptr + offs_mn, d_maxpool_44.to(_dz_ptr.dtype.element_ty), mask=mask_mn)
+    grad_bias_0 = tl.where(mask_mn, d_maxpool_44, 0.0)
     tl.store(_grad_bias_ptr + pid_m * N + offs_n, tl.sum(grad_bias_0, axis=0), mask=mask_n)
 
 

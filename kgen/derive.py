@@ -68,6 +68,9 @@ class Backward:
     kernel: Kernel
     grads: tuple[tuple[str, int | None], ...]
     saves_acc: bool
+    # the windows of the forward's pools (of more than one column), in order: each
+    # pools the previous one's result (the levels 1, k0, k0 k1, ... of its values)
+    windows: tuple[int, ...] = ()
 
     @property
     def rows(self) -> bool:
@@ -229,7 +232,7 @@ class Rules:
         rowdef = ALL_ROW_OPS[name]
         if v.kind is not Kind.TILE:
             if name == "row_sum":
-                return v * self.count(self.level)
+                return v * self.count()
             if name in ("row_mean", "group_mean"):
                 return v
             raise NotDifferentiable(name, self.span)
@@ -249,9 +252,11 @@ class Rules:
             return value
         return self.op("where", self.op("ge", like, like), value, value)
 
-    def count(self, pool: int = 1) -> Value:
+    def count(self, pool: int | None = None) -> Value:
         """The number of columns in a row: the GEMM's N, or N // pool after pools (the
-        float argument N, divided by the kernel's lowering and the reference)."""
+        float argument N, divided by the kernel's lowering and the reference); by
+        default that of the running rule's input."""
+        pool = self.level if pool is None else pool
         return self.emit("arg", (), Kind.SCALAR, attr=COUNT, pool=pool)
 
 
@@ -287,14 +292,21 @@ def derive(kernel: Kernel) -> Backward:
         if i.size > 1 and kernel.value(i.args[0]).kind is Kind.TILE and active[i.id]
     ]
     groupwise = [i for i in segmented if ROW_OPS[i.op].size == "groups"]
+    norms = [
+        i
+        for i in kernel.row_ops
+        if ROW_OPS[i.op].affine and kernel.value(i.args[0]).kind is Kind.TILE
+    ]
     for instr in groupwise[1:]:
         if instr.size != groupwise[0].size:  # the first of other groups than the first's
             raise NotDifferentiable(f"{instr.op} after one of other groups", instr.span)
     # ... and windows of pools in slots of their own: one kind of slots or the other
     pools = [i for i in segmented if ROW_OPS[i.op].kind is RowKind.POOL]
-    if groupwise and pools:
-        second = max(groupwise[0], pools[0], key=lambda i: i.id)
-        raise NotDifferentiable(f"{second.op} with a groupnorm and a pool", second.span)
+    if norms and pools:  # (a groupnorm(1) after a pool: its weight has N // k columns)
+        norm, pooling = norms[0], pools[0]
+        if pooling.id > norm.id:
+            raise NotDifferentiable(f"{pooling.op} after a groupnorm", pooling.span)
+        raise NotDifferentiable(f"groupnorm after a {pooling.op}", norm.span)
 
     grads: dict[int, Value] = {kernel.result: dout}
     for instr in reversed(kernel.body):
@@ -310,6 +322,8 @@ def derive(kernel: Kernel) -> Backward:
             rowdef = ROW_OPS[instr.op]
             if kernel.value(instr.args[0]).kind is not Kind.TILE:
                 contributions = _trivial_rule(instr.op, g, args)
+            elif rowdef.kind is RowKind.POOL and instr.size == 1:  # the identity
+                contributions = (g,)
             elif rowdef.grad is None:
                 raise NotDifferentiable(instr.op, instr.span)
             else:
@@ -364,6 +378,10 @@ def _sum(rules: Rules, kind: Kind, a: Value, b: Value) -> Value:
     and only one of the two has, the kernel will sum the total over the columns, which
     would count the other (the same in every column) N times: it enters as 1/N of
     itself per column."""
+    if not _COLUMNS[kind] and _COLUMNS[a.kind] and _COLUMNS[b.kind] and a.pool != b.pool:
+        # held at two column levels (before and after a pool): each summed over its
+        # own level's columns first
+        a, b = rules.row("row_sum", a), rules.row("row_sum", b)
     if not _COLUMNS[kind] and _COLUMNS[a.kind] != _COLUMNS[b.kind]:
         if _COLUMNS[a.kind]:
             b = b / rules.count(a.pool)
@@ -421,4 +439,11 @@ def _pruned(kernel: Kernel, body: list[Instr], outputs: list[tuple[str, int | No
         result=first,
         notes=(),
     )
-    return Backward(backward, grads, saves_acc)
+    windows = tuple(
+        i.size
+        for i in kernel.row_ops
+        if ROW_OPS[i.op].kind is RowKind.POOL
+        and kernel.value(i.args[0]).kind is Kind.TILE
+        and i.size > 1
+    )
+    return Backward(backward, grads, saves_acc, windows)

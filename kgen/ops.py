@@ -769,8 +769,10 @@ def _d_maxpool(d: Any, g: Any, y: Any, x: Any) -> tuple[Any, ...]:
     first = -d.maxpool(-equal)
     last_nan = d.maxpool(d.where(x >= x, -1.0, q))
     pick = d.unpool(d.where(last_nan >= 0.0, last_nan, first))
-    hit = d.where(q < pick, 0.0, d.where(q > pick, 0.0, 1.0))
-    return (d.unpool(d.spread(g, y)) * hit,)
+    # the gradient selected, not multiplied by a 0/1 mask: an inf or NaN gradient
+    # reaches the picked column only, as torch scatters it
+    spread = d.unpool(d.spread(g, y))
+    return (d.where(q < pick, 0.0, d.where(q > pick, 0.0, spread)),)
 
 
 def _unpool(x: torch.Tensor, k: int, *_: Any) -> torch.Tensor:

@@ -158,6 +158,12 @@ def test_two_pass_norms_store_a_large_deviation_in_fp16(spec: str, device: str, 
     out = getattr(module, compiled.kernel.name)(*args)
     assert torch.isfinite(out).all()
     testing.assert_matches_reference(compiled.kernel, out, *args)
+    # a tile whose variance underflows to 0 (m2 / count): spread 1, not 0 (NaN out)
+    args[0] = torch.zeros_like(x)
+    bias[162], bias[5] = 0.0, 4e-23
+    out = getattr(module, compiled.kernel.name)(*args)
+    assert not torch.isnan(out).any()
+    testing.assert_matches_reference(compiled.kernel, out, *args)
 
 
 def test_output_shapes() -> None:

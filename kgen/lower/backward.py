@@ -43,26 +43,13 @@ def grad_pointer(name: str) -> str:
 
 
 def windows(backward: Backward) -> tuple[int, ...]:
-    """The windows of the forward's pools, in order, as the backward sees them (the
-    pools it recomputes, the unpools of their derivatives): the first pools GEMM
-    columns, each next one the previous one's result (its column levels are 1, k0,
-    k0 k1, ...); the rules' own pools reuse those windows. Empty without pools."""
+    """The windows of the forward's pools, in order (kgen.derive), where the backward
+    holds any value after a pool (its column levels are 1, k0, k0 k1, ...); else
+    none."""
     bk = backward.kernel
-    pools = []  # (level, window): the pools the backward runs and their unpools
-    for i in bk.body:
-        if i.row and bk.value(i.args[0]).kind is Kind.TILE:
-            kind = ALL_ROW_OPS[i.op].kind
-            if kind is RowKind.POOL:
-                pools.append((bk.value(i.args[0]).pool, i.size))
-            elif kind is RowKind.UNPOOL:
-                pools.append((i.pool, i.size))
-    pools.sort()
-    chain: list[int] = []
-    for p, k in pools:
-        if p == _levels(chain)[-1]:
-            chain.append(k)
-    assert all((p, k) in zip(_levels(chain), chain, strict=False) for p, k in pools), pools
-    return tuple(chain)
+    if any(i.pool > 1 and i.kind is Kind.TILE for i in bk.body):
+        return backward.windows
+    return ()
 
 
 def _levels(chain: list[int] | tuple[int, ...]) -> list[int]:
@@ -214,10 +201,12 @@ def backward_kernel(backward: Backward) -> str:
     for instr in bk.body[1:]:
         if instr.row:
             x = bk.value(instr.args[0])
-            trivial = x.kind is not Kind.TILE
+            rowdef = ALL_ROW_OPS[instr.op]
+            # (a pool of one column is the identity, as a row op on one value per row)
+            trivial = x.kind is not Kind.TILE or (rowdef.kind is RowKind.POOL and instr.size == 1)
             # one group is the whole row; else a program's row holds instr.size groups
             whole = trivial or instr.size <= 1
-            step = RowStep(index, instr, ALL_ROW_OPS[instr.op], x.pool, trivial, whole, False)
+            step = RowStep(index, instr, rowdef, x.pool, trivial, whole, False)
             writer.row_in_tile(step)
             index += 1
         else:

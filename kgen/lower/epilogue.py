@@ -278,12 +278,11 @@ class Writer:
 
 def tile_spread(m2: str, count: str) -> str:
     """A tile's standard deviation from its sum of squared deviations and count, 1
-    where that is 0 or not finite: the two-pass moments' scale (the GEMM kernel and the
-    finishing kernel compute it alike, from the same fp32 statistics)."""
-    return (
-        f"tl.where(({m2} > 0.0) & ({m2} < float('inf')), "
-        f"tl.sqrt_rn({m2} / tl.maximum({count}, 1.0)), 1.0)"
-    )
+    where the variance is 0 (a subnormal m2 over the count underflows to it) or not
+    finite: the two-pass moments' scale (the GEMM kernel and the finishing kernel
+    compute it alike, from the same fp32 statistics)."""
+    var = f"({m2} / tl.maximum({count}, 1.0))"
+    return f"tl.where(({var} > 0.0) & ({var} < float('inf')), tl.sqrt_rn({var}), 1.0)"
 
 
 def _partial_shift(rowdef: RowOpDef, mx: str) -> str:
