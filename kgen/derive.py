@@ -287,11 +287,9 @@ def derive(kernel: Kernel) -> Backward:
                 raise NotDifferentiable(instr.op, instr.span)
     # the backward kernel lays a row out in slots of one group width (kgen/lower/backward.py)
     segmented = [
-        i
-        for i in kernel.row_ops
-        if i.size > 1 and kernel.value(i.args[0]).kind is Kind.TILE and active[i.id]
+        i for i in kernel.row_ops if i.size > 1 and kernel.value(i.args[0]).kind is Kind.TILE
     ]
-    groupwise = [i for i in segmented if ROW_OPS[i.op].size == "groups"]
+    groupwise = [i for i in segmented if ROW_OPS[i.op].size == "groups" and active[i.id]]
     norms = [
         i
         for i in kernel.row_ops
@@ -301,7 +299,8 @@ def derive(kernel: Kernel) -> Backward:
         if instr.size != groupwise[0].size:  # the first of other groups than the first's
             raise NotDifferentiable(f"{instr.op} after one of other groups", instr.span)
     # ... and windows of pools in slots of their own: one kind of slots or the other
-    pools = [i for i in segmented if ROW_OPS[i.op].kind is RowKind.POOL]
+    all_pools = [i for i in segmented if ROW_OPS[i.op].kind is RowKind.POOL]
+    pools = [i for i in all_pools if active[i.id]]
     if norms and pools:  # (a groupnorm(1) after a pool: its weight has N // k columns)
         norm, pooling = norms[0], pools[0]
         if pooling.id > norm.id:
@@ -360,7 +359,7 @@ def derive(kernel: Kernel) -> Backward:
                 g = grads[instr.id]
                 total = g if total is None else _sum(rules, operand.kind, total, g)
         outputs.append((operand.name, None if total is None else total.id))
-    return _pruned(kernel, body, outputs)
+    return _pruned(kernel, body, outputs, tuple(i.size for i in all_pools))
 
 
 def _arg(instr: Instr, i: int) -> str:
@@ -400,7 +399,12 @@ def _trivial_rule(op: str, g: Value, args: list[Value]) -> tuple[Any, ...]:
     return (g, *rest)
 
 
-def _pruned(kernel: Kernel, body: list[Instr], outputs: list[tuple[str, int | None]]) -> Backward:
+def _pruned(
+    kernel: Kernel,
+    body: list[Instr],
+    outputs: list[tuple[str, int | None]],
+    windows: tuple[int, ...],
+) -> Backward:
     """The backward with only the values its gradients need, renumbered in order."""
     live: set[int] = set()
     stack = [i for _, i in outputs if i is not None]
@@ -438,12 +442,5 @@ def _pruned(kernel: Kernel, body: list[Instr], outputs: list[tuple[str, int | No
         body=tuple(kept),
         result=first,
         notes=(),
-    )
-    windows = tuple(
-        i.size
-        for i in kernel.row_ops
-        if ROW_OPS[i.op].kind is RowKind.POOL
-        and kernel.value(i.args[0]).kind is Kind.TILE
-        and i.size > 1
     )
     return Backward(backward, grads, saves_acc, windows)

@@ -16,6 +16,8 @@ tile, as the forward's in-tile row operations do).
 
 from __future__ import annotations
 
+import triton
+
 from kgen.derive import ACC, DOUT, Backward
 from kgen.ir import Kind, Operand
 from kgen.lower.epilogue import Level, Writer
@@ -59,17 +61,13 @@ def _levels(chain: list[int] | tuple[int, ...]) -> list[int]:
     return levels
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def _span(chain: tuple[int, ...], level: int) -> int:
     """Register columns per column of `level` (the product of its windows' slots)."""
     span = 1
     for p, k in zip(_levels(chain), chain, strict=False):
         if p >= level:
             break
-        span *= _pow2(k)
+        span *= triton.next_power_of_2(k)
     return span
 
 
@@ -88,13 +86,11 @@ def segment_sizes(backward: Backward) -> tuple[int, ...]:
         x = bk.value(i.args[0])
         kind = ALL_ROW_OPS[i.op].kind
         if x.kind is not Kind.TILE or i.size <= 1 or kind is RowKind.UNPOOL:
-            sizes.append(0)
+            sizes.append(0)  # (unpool and window_position reduce nothing)
         elif kind is RowKind.POOL:
             sizes.append(_span(chain, x.pool * i.size))
-        elif ALL_ROW_OPS[i.op].family == "position":
-            sizes.append(0)
         else:
-            sizes.append(i.size)
+            sizes.append(0 if ALL_ROW_OPS[i.op].family == "position" else i.size)
     return tuple(sizes)
 
 
@@ -115,7 +111,7 @@ def _slots(segments: tuple[int, ...]) -> list[str]:
 
 def _window_slots(chain: tuple[int, ...]) -> list[str]:
     """With pools, each window of k columns sits in a power-of-two slot of
-    next_pow2(k) register columns, nested level by level (the padding masked off), and
+    nexttriton.next_power_of_2(k) register columns, nested level by level (the padding masked off), and
     a pooled value stays in its window's register columns: every window reduction is
     a reshape, and no value changes width."""
     if not chain:
@@ -123,7 +119,7 @@ def _window_slots(chain: tuple[int, ...]) -> list[str]:
     lines = ["    slot_n = tl.arange(0, BLOCK_N)  # (one program spans the row)"]
     width = 1
     for j, k in enumerate(chain):
-        s = _pow2(k)
+        s = triton.next_power_of_2(k)
         lines.append(f"    digit_n = slot_n % {s}")
         if j == 0:
             lines.append(f"    valid_n = digit_n < {k}")
