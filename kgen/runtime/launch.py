@@ -285,8 +285,8 @@ class Plan:
         return out
 
     def run_saving(self, args: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run a training plan, on the plan's device: the output, and the accumulator
-        it saved (an empty tensor where the backward needs none)."""
+        """Run a training plan: the output, and the accumulator it saved (an empty
+        tensor where the backward needs none); launched as `run` launches."""
         index = self.index
         if index >= 0 and _current_device() != index:
             with torch.cuda.device(index):
@@ -294,13 +294,19 @@ class Plan:
         return self._run_saving(args)
 
     def _run_saving(self, args: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        # through kernel[grid](...): `run`'s direct launch is not yet checked on a GPU
-        # for a training plan (the saved buffer's slot)
         if self.save is None:
             saved = torch.empty(0, device=self.device, dtype=self.out_dtype)
         else:
             shape, dtype = self.save
             saved = self._empty(shape, _contiguous(shape), dtype)
+        if self.direct and _hooks_idle():
+            prepared = self.direct_values(args, saved)
+            if prepared is not None:
+                values, out, _ = prepared
+                stream = _current_stream(self.index)
+                for launch in self.launches:
+                    launch.through_launcher(values, stream)
+                return out, saved
         return self._run_triton(args, saved), saved
 
     def triton_values(
@@ -343,11 +349,12 @@ class Plan:
         return out
 
     def direct_values(
-        self, args: Sequence[Any]
+        self, args: Sequence[Any], saved: torch.Tensor | None = None
     ) -> tuple[list[Any], torch.Tensor, list[torch.Tensor]] | None:
         """The run values for the launcher (addresses as ints), the output and the
         buffers the launch must keep alive; None if a new buffer is not 16-byte
-        aligned, as the compiled kernel assumes."""
+        aligned, as the compiled kernel assumes. `saved`: a training plan's buffer for
+        the accumulator (its caller keeps it)."""
         n = self.n
         out = self._out()
         tensors: Sequence[Any] = args[:n]
@@ -370,7 +377,11 @@ class Plan:
         for i, template in self.descs:
             values.append(descriptor(template, tensors[i]))
         values += [None] * (2 - len(self.descs))
-        values.append(None)  # (a saving plan runs through run_saving)
+        if saved is None:
+            values.append(None)
+        else:  # a training plan (run_saving)
+            values.append(saved.data_ptr())
+            aligned |= values[-1]
         values += args[n:]
         if aligned & 15:
             return None

@@ -56,6 +56,8 @@ from kgen.runtime.launch import (
     Launch,
     Plan,
     _current_device,
+    _current_stream,
+    _hooks_idle,
     _layout,
 )
 from kgen.runtime.rowplan import RowOp
@@ -155,23 +157,36 @@ def backward_tiling(backward: Backward, N: int) -> tuple[int, int, dict[str, int
 class BackwardPlan(NamedTuple):
     """What a backward with one layout launches (GemmOp._backward_plan): the kernel's
     launch (None: an empty problem) and the partial sums of its operands' gradients.
-    It launches through `kernel[grid](...)`, on the plan's device: the direct launch
-    forward plans use (Triton's launcher) is not yet checked on a GPU for the backward
-    kernel (tests/test_grad.py has the GPU-tier test that must pass first)."""
+    As a forward plan runs (kgen/runtime/launch.py), the launch goes through Triton's
+    launcher once `kernel[grid](...)` has compiled it, unless a launch hook is set or
+    a buffer allocated for the call is not 16-byte aligned as the compiled kernel
+    assumes (the plan's key covers the alignment of the call's own tensors)."""
 
     launch: Launch | None
     partials: tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
     device: int  # the CUDA device's index, -1 on the CPU (the interpreter)
+    fresh: tuple[int, ...]  # where the buffers allocated per call stand in the values
 
     def run(self, values: list[Any]) -> None:
-        launch = self.launch
-        assert launch is not None
         device = self.device
         if device >= 0 and _current_device() != device:
             with torch.cuda.device(device):
-                launch.through_triton(values)
+                self._run(values)
         else:
-            launch.through_triton(values)
+            self._run(values)
+
+    def _run(self, values: list[Any]) -> None:
+        run = self.launch
+        assert run is not None
+        if run.direct is not None and _hooks_idle():
+            pointers = [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in values]
+            aligned = 0
+            for i in self.fresh:
+                aligned |= pointers[i]
+            if not aligned & 15:
+                run.through_launcher(pointers, _current_stream(self.device))
+                return
+        run.through_triton(values)
 
 
 # The operators, defined with torch.library's low-level API: through the dispatcher, a
@@ -568,7 +583,8 @@ class GemmOp:
         # the product's rounding error (times rstd) instead of exactly zero
         options = {"enable_fp_fusion": False}
         run = Launch(backward.kernel, grid, values, slots, options) if M * N else None
-        return BackwardPlan(run, tuple(partials), g.device.index if g.is_cuda else -1)
+        fresh = (1, 2, *range(first, first + len(partials)))  # saved (or dz), dz, partials
+        return BackwardPlan(run, tuple(partials), g.device.index if g.is_cuda else -1, fresh)
 
     def gradients_fake(
         self, dout: torch.Tensor, saved: torch.Tensor, *args: Any
