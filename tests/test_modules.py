@@ -100,6 +100,41 @@ def test_model_forward_takes_inputs() -> None:
     assert torch.equal(out, direct)
 
 
+def test_model_forward_sees_parameters_wherever_pytorch_keeps_them() -> None:
+    """ModelNew.forward reads parameters from nn.Module's registry (the fast path), and
+    from wherever else PyTorch's tools put them: a parametrization (weight_norm), a plain
+    tensor assigned after `del`, torch.func.functional_call's swapped tensors."""
+    from torch.nn.utils import parametrizations
+
+    _, module = committed("gated_residual")
+    torch.manual_seed(2)
+    model = module.ModelNew(8, 6)
+    x, gate, residual = torch.randn(5, 8), torch.randn(5), torch.randn(5, 6)
+
+    def direct(weight: torch.Tensor, gamma: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        return module.gated_residual(x, weight, gamma, alpha, gate, residual)
+
+    with torch.no_grad():
+        assert torch.equal(model(x, gate, residual), direct(model.weight, model.gamma, model.alpha))
+        swapped = {
+            "weight": torch.randn(8, 6),
+            "gamma": torch.randn(6),
+            "alpha": torch.tensor(-2.0),
+        }
+        out = torch.func.functional_call(model, swapped, (x, gate, residual))
+        assert torch.equal(out, direct(swapped["weight"], swapped["gamma"], swapped["alpha"]))
+        gamma = torch.randn(6)
+        del model.gamma
+        model.gamma = gamma  # a plain tensor, not a parameter
+        assert torch.equal(model(x, gate, residual), direct(model.weight, gamma, model.alpha))
+    parametrizations.weight_norm(model, "weight")
+    assert "weight" not in model._parameters
+    out = model(x, gate, residual)
+    assert torch.equal(out, direct(model.weight, gamma, model.alpha))
+    out.sum().backward()  # the parametrization's own parameters get the gradient
+    assert model.parametrizations.weight.original0.grad is not None
+
+
 def _seed_call() -> tuple[object, list[torch.Tensor]]:
     _, module = committed("gemm_sigmoid_residual")
     return module, [torch.randn(4, 8), torch.randn(6, 8), torch.randn(6)]

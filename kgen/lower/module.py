@@ -216,8 +216,11 @@ def _module_class(kernel: Kernel) -> str:
             value = name if name in in_args else literal(float(operand.default))  # type: ignore[arg-type]
             body.append(f"        self.{name} = {value}")
     inputs = [t.name for t in kernel.tensors if t.role is Role.INPUT]
-    call = ["x", "self.weight"] + (["self.bias"] if kernel.has_bias else [])
-    call += [t.name if t.role is Role.INPUT else f"self.{t.name}" for t in kernel.tensors]
+    params = ["weight"] + (["bias"] if kernel.has_bias else [])
+    params += [t.name for t in kernel.tensors if t.role is not Role.INPUT]
+    learned = {name: f'p["{name}"] if "{name}" in p else self.{name}' for name in params}
+    call = ["x", learned["weight"]] + ([learned["bias"]] if kernel.has_bias else [])
+    call += [t.name if t.role is Role.INPUT else learned[t.name] for t in kernel.tensors]
     call += [f"self.{f.name}" for f in kernel.floats]
     lines = [
         "class ModelNew(nn.Module):",
@@ -229,6 +232,11 @@ def _module_class(kernel: Kernel) -> str:
         *body,
         "",
         f"    def forward({', '.join(['self', 'x', *inputs])}):",
+        "        # parameters read from nn.Module's registry: `self.weight` goes through",
+        "        # nn.Module.__getattr__ (~1 us each on a CI-class CPU, in a call of ~15);",
+        "        # one moved out of it (torch.nn.utils.parametrize, a plain tensor",
+        "        # assigned) is an attribute again",
+        "        p = self._parameters",
         f"        return _OP({', '.join(call)})",
     ]
     return "\n".join(lines) + "\n"
