@@ -1,13 +1,15 @@
 """The CPU cost of a training step, kernels stubbed out: what kgen's Python and
 PyTorch's autograd around its calls cost, apart from the GPU (on any machine, no GPU).
 
-    TRITON_INTERPRET=1 python bench/train_cpu_cost.py [--h 16] [--m 4] [--steps 200]
+    TRITON_INTERPRET=1 python bench/train_cpu_cost.py [--h 16] [--m 4] [--steps 200] [--autocast]
 
 Runs the seed001 layer (`gemm_sigmoid_residual`) of bench/train.py forward and backward
 on tiny CPU tensors with every Triton launch replaced by a no-op (so the kgen numbers
 are its Python and PyTorch's autograd machinery alone, and PyTorch's include its tiny
 CPU GEMMs), and prints microseconds per step for kgen and for the PyTorch layer, then
-a cProfile of kgen's step. Compare runs of one session: CPUs differ.
+a cProfile of kgen's step. `--autocast`: the forward under
+`torch.autocast("cpu", dtype=torch.bfloat16)`, as bench/train.py's autocast-bf16 runs
+it on the GPU. Compare runs of one session: CPUs differ.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--h", type=int, default=16, help="in and out features")
     parser.add_argument("--m", type=int, default=4, help="rows")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--autocast", action="store_true", help="the forward under bf16 autocast")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("run with TRITON_INTERPRET=1 (the launches stubbed are the interpreter's)")
@@ -43,13 +46,15 @@ def main() -> None:
     plain = plain_cls(args.h)
     ours = make(plain)
     x = torch.randn(args.m, args.h, requires_grad=True)
-    dout = torch.randn(args.m, args.h)
+    dout = torch.randn(args.m, args.h, dtype=torch.bfloat16 if args.autocast else torch.float32)
 
     def step(model: torch.nn.Module) -> None:
         for p in model.parameters():
             p.grad = None
         x.grad = None
-        model(x).backward(dout)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast):
+            out = model(x)
+        out.backward(dout)
 
     for name, model in (("kgen", ours), ("pytorch", plain)):
         for _ in range(20):

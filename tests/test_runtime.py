@@ -292,11 +292,13 @@ def test_autocast_runs_the_gemm_in_its_dtype(
     fn = getattr(module, kernel.name)
     with torch.autocast(device, dtype=dtype):
         out = fn(*args, **floats)
+        again = fn(*args, **floats)  # the lean path: the plan kept, the casts again
         with torch.autocast(device, enabled=False):
             plain = fn(*args, **floats)
     by_hand = fn(args[0].to(dtype), args[1].to(dtype), *args[2:], **floats)
     expected_dtype = getattr(torch, kernel.output_dtype) if kernel.output_dtype else dtype
     assert out.dtype == expected_dtype and _equal(out, by_hand)
+    assert again.dtype == expected_dtype and _equal(again, by_hand)
     assert plain.dtype == (
         getattr(torch, kernel.output_dtype) if kernel.output_dtype else given_dtype
     )

@@ -7,7 +7,8 @@ that order (`GemmOp.__call__(*args)`), and goes one of three ways:
 1. **The lean path** (eager, the common case): the layout of the tensors
    (kgen.runtime.launch.layout_key) finds the plan an earlier call made, and the plan
    launches the compiled kernels directly. A call costs a dict lookup, an allocation
-   and a launch.
+   and a launch (under autocast, and x's and weight's casts: on a 2-core CI-class
+   CPU 16 us with the kernel stubbed out, against 25 us through path 2).
 2. **A first call** with a layout (or any call the lean path does not take): autocast,
    the argument checks (TypeError / ValueError before any launch), the configuration
    (the tuning file, else kgen.configs' heuristic) and the plan, launched through
@@ -342,15 +343,20 @@ class GemmOp:
 
     def __call__(self, *args: Any) -> torch.Tensor:
         """x, weight, the tensor operands, then the float params."""
-        # the lean path: untraced (_untraced(), inline: this is the hot path) and no
-        # autocast (which would cast x and weight)
+        # the lean path: untraced (_untraced(), inline: this is the hot path); under
+        # autocast, x and weight cast first
         if not (
             _is_compiling()
             or _C._is_torch_function_mode_enabled()
             or _C._len_torch_dispatch_stack()
             or _functorch_active()
-            or (_any_autocast() if _any_autocast is not None else True)
+            or _any_autocast is None
         ):
+            if _any_autocast():
+                cast = _autocast_pair(args)
+                if cast is None:
+                    return self.call(*args)
+                args = cast
             n = self.n
             if _grad_enabled():
                 for t in args[:n]:
@@ -846,6 +852,21 @@ class GemmOp:
     def forget(self) -> None:
         """Drop the plans (after the tuning table changed)."""
         self.plans.clear()
+
+
+def _autocast_pair(args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """A call's arguments with x and weight as autocast casts them (for the lean path:
+    plain tensors only; None sends the call to the general path)."""
+    if len(args) < 2:
+        return None
+    x, weight = args[0], args[1]
+    if type(x) not in _PLAIN or type(weight) not in _PLAIN:
+        return None
+    where = x.device.type
+    if not torch.is_autocast_enabled(where):  # autocast for another device only
+        return args
+    dtype = torch.get_autocast_dtype(where)
+    return (_autocast(x, dtype), _autocast(weight, dtype), *args[2:])
 
 
 def _autocast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
