@@ -410,12 +410,12 @@ class ModelNew(nn.Module):
         # nn.Module.__getattr__ (~1 us each on a CI-class CPU, in a call of ~15);
         # one moved out of it (torch.nn.utils.parametrize, a plain tensor
         # assigned) is an attribute again
-        p = self._parameters
+        _params = self._parameters
         return _OP(
             x,
-            p["weight"] if "weight" in p else self.weight,
-            p["gamma"] if "gamma" in p else self.gamma,
-            p["alpha"] if "alpha" in p else self.alpha,
+            _params["weight"] if "weight" in _params else self.weight,
+            _params["gamma"] if "gamma" in _params else self.gamma,
+            _params["alpha"] if "alpha" in _params else self.alpha,
             gate,
             residual_in,
         )

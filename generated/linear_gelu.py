@@ -326,9 +326,9 @@ class ModelNew(nn.Module):
         # nn.Module.__getattr__ (~1 us each on a CI-class CPU, in a call of ~15);
         # one moved out of it (torch.nn.utils.parametrize, a plain tensor
         # assigned) is an attribute again
-        p = self._parameters
+        _params = self._parameters
         return _OP(
             x,
-            p["weight"] if "weight" in p else self.weight,
-            p["bias"] if "bias" in p else self.bias,
+            _params["weight"] if "weight" in _params else self.weight,
+            _params["bias"] if "bias" in _params else self.bias,
         )

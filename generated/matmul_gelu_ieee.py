@@ -331,5 +331,9 @@ class ModelNew(nn.Module):
         # nn.Module.__getattr__ (~1 us each on a CI-class CPU, in a call of ~15);
         # one moved out of it (torch.nn.utils.parametrize, a plain tensor
         # assigned) is an attribute again
-        p = self._parameters
-        return _OP(x, p["weight"] if "weight" in p else self.weight, p["b"] if "b" in p else self.b)
+        _params = self._parameters
+        return _OP(
+            x,
+            _params["weight"] if "weight" in _params else self.weight,
+            _params["b"] if "b" in _params else self.b,
+        )

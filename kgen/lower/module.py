@@ -218,7 +218,9 @@ def _module_class(kernel: Kernel) -> str:
     inputs = [t.name for t in kernel.tensors if t.role is Role.INPUT]
     params = ["weight"] + (["bias"] if kernel.has_bias else [])
     params += [t.name for t in kernel.tensors if t.role is not Role.INPUT]
-    learned = {name: f'p["{name}"] if "{name}" in p else self.{name}' for name in params}
+    learned = {
+        name: f'_params["{name}"] if "{name}" in _params else self.{name}' for name in params
+    }
     call = ["x", learned["weight"]] + ([learned["bias"]] if kernel.has_bias else [])
     call += [t.name if t.role is Role.INPUT else learned[t.name] for t in kernel.tensors]
     call += [f"self.{f.name}" for f in kernel.floats]
@@ -236,7 +238,7 @@ def _module_class(kernel: Kernel) -> str:
         "        # nn.Module.__getattr__ (~1 us each on a CI-class CPU, in a call of ~15);",
         "        # one moved out of it (torch.nn.utils.parametrize, a plain tensor",
         "        # assigned) is an attribute again",
-        "        p = self._parameters",
+        "        _params = self._parameters",
         f"        return _OP({', '.join(call)})",
     ]
     return "\n".join(lines) + "\n"
