@@ -44,7 +44,13 @@ Triton 3.6 it gained nothing over "persistent" (2048x8192x8192 fp16, 128x256 til
 persistent 128x256x64 loop, one process, bitwise-equal outputs, and not adopted: the
 output stored through a tensor descriptor (TMA) frees ~80 registers (251 -> 171) but
 was slower (seed 003 4096^3 fp16 226 -> 250 us, 2048x8192x8192 433 -> 457 us); 4
-stages instead of 3 moved 0-2.5 %, within noise.
+stages instead of 3 moved 0-2.5 %, within noise. A training forward stores two tiles
+(the output and the saved accumulator), and there the tensor descriptors won: on an
+H100 (2026-12-07, linear_gelu 16384x4096x4096 bf16, 3 stages, one process, the same
+bytes) 905 -> 863 us with both stores through descriptors, where inference went
+785 -> 823 (a hand-edited copy of the generated kernel, launched with the plan's
+arguments). Not yet adopted: the saving plans' descriptor stores are the next step
+for training, whose accumulator store costs 121 us a layer there, not overlapped.
 
 Rules, from the seed prompts (shared/seeds/): power-of-two blocks, num_warps in {4, 8},
 the conservative baseline (4 warps, 2 stages) among the choices. The seeds also keep
@@ -56,8 +62,9 @@ at M <= 256 a 128-deep k step with 4 stages was 1.3-1.9x faster (16x4096x4096: 2
 27.6, mm 24.5; 256x4096x16384 122 -> 68.4, mm 58.7; 128x512x1024 13.1 -> 9.3, mm 7.7),
 and at 512x4096x4096 128x128 persistent tiles with 5 stages took 34.0 us against 53.2
 for 128x256 ones, half of whose 64 tiles' worth of SMs idled (mm 28.6). At 1024x4096^2
-and 4096^3 a fourth stage moved 1-2 %: the large tiles keep 3. A configuration's
-stages are cut to what the GPU's shared memory holds (`_heuristic`).
+and 4096^3 a fourth stage moved 1-2 %; the large tiles have 4 since a training forward
+measured faster with it (`_CONFIGS`). A configuration's stages are cut to what the
+GPU's shared memory holds (`_heuristic`).
 
 What a module launches: the measured best for its GPU, dtype and shape bucket, from the
 tuning file `kgen tune` writes beside it (`<kernel>.tuning.json`), or else
@@ -82,8 +89,13 @@ LOOPS = _LOOPS
 
 # The heuristic's choices; the name says when `_heuristic` picks each.
 _CONFIGS: dict[str, Config] = {
-    # a full wave of 128x256 tiles or more, 16-bit operands, TMA possible: persistent
-    "large_tma": (128, 256, 64, 8, 8, 3, "persistent", 1),
+    # a full wave of 128x256 tiles or more, 16-bit operands, TMA possible: persistent,
+    # 4 stages (3 until 2026-12-07: on an H100, linear_gelu at 16384x4096x4096 bf16,
+    # one process, 4 stages took the training forward, which also stores the
+    # accumulator, from 906 to 876 us and inference from 785 to 782; `kgen tune` at
+    # first use chose 4 for the MLP's 4096 and 16384 rows too; on the H200 a fourth
+    # stage moved 4096^3 by 1-2 %)
+    "large_tma": (128, 256, 64, 8, 8, 4, "persistent", 1),
     # a full wave of 128x128 tiles, but half a wave of 128x256 ones or less
     "mid_tma": (128, 128, 64, 8, 8, 5, "persistent", 1),
     # many output tiles, fp32 operands (half the elements per byte of shared memory)
