@@ -216,13 +216,12 @@ def _module_class(kernel: Kernel) -> str:
             value = name if name in in_args else literal(float(operand.default))  # type: ignore[arg-type]
             body.append(f"        self.{name} = {value}")
     inputs = [t.name for t in kernel.tensors if t.role is Role.INPUT]
-    params = ["weight"] + (["bias"] if kernel.has_bias else [])
-    params += [t.name for t in kernel.tensors if t.role is not Role.INPUT]
-    learned = {
-        name: f'_params["{name}"] if "{name}" in _params else self.{name}' for name in params
-    }
-    call = ["x", learned["weight"]] + ([learned["bias"]] if kernel.has_bias else [])
-    call += [t.name if t.role is Role.INPUT else learned[t.name] for t in kernel.tensors]
+
+    def learned(name: str) -> str:
+        return f'_params["{name}"] if "{name}" in _params else self.{name}'
+
+    call = ["x", learned("weight")] + ([learned("bias")] if kernel.has_bias else [])
+    call += [t.name if t.role is Role.INPUT else learned(t.name) for t in kernel.tensors]
     call += [f"self.{f.name}" for f in kernel.floats]
     lines = [
         "class ModelNew(nn.Module):",

@@ -396,10 +396,7 @@ class GemmOp:
         floats = [checks.check_float(f[0], v) for f, v in zip(self.floats, args[n:], strict=True)]
         x, weight = tensors[0], tensors[1]
         if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor):
-            where = x.device.type
-            if torch.is_autocast_enabled(where):
-                dtype = torch.get_autocast_dtype(where)
-                tensors[0], tensors[1] = _autocast(x, dtype), _autocast(weight, dtype)
+            tensors[0], tensors[1] = _autocast_operands(x, weight)
             if all(isinstance(t, torch.Tensor) for t in tensors):
                 plain = _untraced() and all(type(t) in _PLAIN for t in tensors)
                 if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
@@ -862,11 +859,17 @@ def _autocast_pair(args: tuple[Any, ...]) -> tuple[Any, ...] | None:
     x, weight = args[0], args[1]
     if type(x) not in _PLAIN or type(weight) not in _PLAIN:
         return None
+    return (*_autocast_operands(x, weight), *args[2:])
+
+
+def _autocast_operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and weight as autocast for x's device casts nn.Linear's (unchanged where it is
+    off there: autocast for another device only)."""
     where = x.device.type
-    if not torch.is_autocast_enabled(where):  # autocast for another device only
-        return args
+    if not torch.is_autocast_enabled(where):
+        return x, weight
     dtype = torch.get_autocast_dtype(where)
-    return (_autocast(x, dtype), _autocast(weight, dtype), *args[2:])
+    return _autocast(x, dtype), _autocast(weight, dtype)
 
 
 def _autocast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
