@@ -211,6 +211,8 @@ def activation_zoo_kernel(
     split_counts_ptr,
     x_desc,
     w_desc,
+    out_desc,
+    save_desc,
     M,
     N,
     K,
@@ -233,6 +235,7 @@ def activation_zoo_kernel(
     SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    TMA_STORE: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of activation_zoo: GEMM, then the epilogue in registers."""
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
@@ -347,11 +350,17 @@ def activation_zoo_kernel(
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
             if SAVE:
-                tl.store(
-                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
-                    acc.to(save_ptr.dtype.element_ty),
-                    mask=mask_mn,
-                )
+                if TMA_STORE:
+                    save_desc.store(
+                        [pid_m * BLOCK_M, pid_n * BLOCK_N + subtile * (BLOCK_N // SUBTILES)],
+                        acc.to(save_desc.dtype),
+                    )
+                else:
+                    tl.store(
+                        save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                        acc.to(save_ptr.dtype.element_ty),
+                        mask=mask_mn,
+                    )
             # src[activation_zoo.fuse:3]: epilogue: bias; z = acc; acc = 0.1 * mish(z) + 0.1 * softplus(z, beta=2, threshold=5) + 0.1 * elu(z, 0.5) + 0.1 * selu(z) + 0.1 * celu(z, alpha=2) + 0.1 * hardswish(z) + 0.1 * hardsigmoid(z) + 0.1 * logsigmoid(z) + 0.1 * leaky_relu(z, slope=0.2) + 0.1 * swish(z)
             bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
                 tl.float32
@@ -386,8 +395,14 @@ def activation_zoo_kernel(
             silu_34 = _silu(bias_2)
             mul_35 = 0.1 * silu_34
             add_36 = add_33 + mul_35
-            out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-            tl.store(out_ptrs, add_36.to(out_ptr.dtype.element_ty), mask=mask_mn)
+            if TMA_STORE:
+                out_desc.store(
+                    [pid_m * BLOCK_M, pid_n * BLOCK_N + subtile * (BLOCK_N // SUBTILES)],
+                    add_36.to(out_desc.dtype),
+                )
+            else:
+                out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
+                tl.store(out_ptrs, add_36.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 @triton.jit

@@ -88,6 +88,8 @@ def gemm_scale_hardtanh_gelu_kernel(
     split_counts_ptr,
     x_desc,
     w_desc,
+    out_desc,
+    save_desc,
     M,
     N,
     K,
@@ -113,6 +115,7 @@ def gemm_scale_hardtanh_gelu_kernel(
     SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    TMA_STORE: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of gemm_scale_hardtanh_gelu: GEMM, then the epilogue in registers."""
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
@@ -227,11 +230,17 @@ def gemm_scale_hardtanh_gelu_kernel(
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
             if SAVE:
-                tl.store(
-                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
-                    acc.to(save_ptr.dtype.element_ty),
-                    mask=mask_mn,
-                )
+                if TMA_STORE:
+                    save_desc.store(
+                        [pid_m * BLOCK_M, pid_n * BLOCK_N + subtile * (BLOCK_N // SUBTILES)],
+                        acc.to(save_desc.dtype),
+                    )
+                else:
+                    tl.store(
+                        save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                        acc.to(save_ptr.dtype.element_ty),
+                        mask=mask_mn,
+                    )
             # src[gemm_scale_hardtanh_gelu.fuse:7]: epilogue: bias; scale(scaling_factor); hardtanh(hardtanh_min, hardtanh_max); gelu
             bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
                 tl.float32
@@ -243,8 +252,14 @@ def gemm_scale_hardtanh_gelu_kernel(
             hardtanh_max_6 = tl.full([], hardtanh_max, tl.float32)
             hardtanh_7 = _clamp(mul_4, hardtanh_min_5, hardtanh_max_6)
             gelu_8 = _gelu(hardtanh_7)
-            out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-            tl.store(out_ptrs, gelu_8.to(out_ptr.dtype.element_ty), mask=mask_mn)
+            if TMA_STORE:
+                out_desc.store(
+                    [pid_m * BLOCK_M, pid_n * BLOCK_N + subtile * (BLOCK_N // SUBTILES)],
+                    gelu_8.to(out_desc.dtype),
+                )
+            else:
+                out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
+                tl.store(out_ptrs, gelu_8.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 @triton.jit

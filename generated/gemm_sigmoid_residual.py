@@ -52,6 +52,8 @@ def gemm_sigmoid_residual_kernel(
     split_counts_ptr,
     x_desc,
     w_desc,
+    out_desc,
+    save_desc,
     M,
     N,
     K,
@@ -75,6 +77,7 @@ def gemm_sigmoid_residual_kernel(
     SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    TMA_STORE: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of gemm_sigmoid_residual: GEMM, then the epilogue in registers."""
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
@@ -189,11 +192,17 @@ def gemm_sigmoid_residual_kernel(
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
             if SAVE:
-                tl.store(
-                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
-                    acc.to(save_ptr.dtype.element_ty),
-                    mask=mask_mn,
-                )
+                if TMA_STORE:
+                    save_desc.store(
+                        [pid_m * BLOCK_M, pid_n * BLOCK_N + subtile * (BLOCK_N // SUBTILES)],
+                        acc.to(save_desc.dtype),
+                    )
+                else:
+                    tl.store(
+                        save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                        acc.to(save_ptr.dtype.element_ty),
+                        mask=mask_mn,
+                    )
             # src[gemm_sigmoid_residual.fuse:4]: epilogue: bias; sigmoid_residual(scaling_factor)
             bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
                 tl.float32
@@ -201,8 +210,14 @@ def gemm_sigmoid_residual_kernel(
             bias_2 = acc + bias_1
             scaling_factor_3 = tl.full([], scaling_factor, tl.float32)
             sigmoid_residual_4 = bias_2 + scaling_factor_3 * _sigmoid(bias_2)
-            out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-            tl.store(out_ptrs, sigmoid_residual_4.to(out_ptr.dtype.element_ty), mask=mask_mn)
+            if TMA_STORE:
+                out_desc.store(
+                    [pid_m * BLOCK_M, pid_n * BLOCK_N + subtile * (BLOCK_N // SUBTILES)],
+                    sigmoid_residual_4.to(out_desc.dtype),
+                )
+            else:
+                out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
+                tl.store(out_ptrs, sigmoid_residual_4.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 @triton.jit

@@ -74,6 +74,8 @@ def linear_gelu_kernel(
     split_counts_ptr,
     x_desc,
     w_desc,
+    out_desc,
+    save_desc,
     M,
     N,
     K,
@@ -96,6 +98,7 @@ def linear_gelu_kernel(
     SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    TMA_STORE: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of linear_gelu: GEMM, then the epilogue in registers."""
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
@@ -210,19 +213,31 @@ def linear_gelu_kernel(
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
             if SAVE:
-                tl.store(
-                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
-                    acc.to(save_ptr.dtype.element_ty),
-                    mask=mask_mn,
-                )
+                if TMA_STORE:
+                    save_desc.store(
+                        [pid_m * BLOCK_M, pid_n * BLOCK_N + subtile * (BLOCK_N // SUBTILES)],
+                        acc.to(save_desc.dtype),
+                    )
+                else:
+                    tl.store(
+                        save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                        acc.to(save_ptr.dtype.element_ty),
+                        mask=mask_mn,
+                    )
             # src[linear_gelu.fuse:3]: epilogue: bias; gelu
             bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
                 tl.float32
             )[None, :]
             bias_2 = acc + bias_1
             gelu_3 = _gelu(bias_2)
-            out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-            tl.store(out_ptrs, gelu_3.to(out_ptr.dtype.element_ty), mask=mask_mn)
+            if TMA_STORE:
+                out_desc.store(
+                    [pid_m * BLOCK_M, pid_n * BLOCK_N + subtile * (BLOCK_N // SUBTILES)],
+                    gelu_3.to(out_desc.dtype),
+                )
+            else:
+                out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
+                tl.store(out_ptrs, gelu_3.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 @triton.jit

@@ -42,6 +42,8 @@ def linear_relu_tf32_kernel(
     split_counts_ptr,
     x_desc,
     w_desc,
+    out_desc,
+    save_desc,
     M,
     N,
     K,
@@ -64,6 +66,7 @@ def linear_relu_tf32_kernel(
     SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    TMA_STORE: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of linear_relu_tf32: GEMM, then the epilogue in registers."""
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
@@ -178,19 +181,31 @@ def linear_relu_tf32_kernel(
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
             if SAVE:
-                tl.store(
-                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
-                    acc.to(save_ptr.dtype.element_ty),
-                    mask=mask_mn,
-                )
+                if TMA_STORE:
+                    save_desc.store(
+                        [pid_m * BLOCK_M, pid_n * BLOCK_N + subtile * (BLOCK_N // SUBTILES)],
+                        acc.to(save_desc.dtype),
+                    )
+                else:
+                    tl.store(
+                        save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                        acc.to(save_ptr.dtype.element_ty),
+                        mask=mask_mn,
+                    )
             # src[linear_relu_tf32.fuse:4]: epilogue: bias; relu
             bias_1 = tl.load(bias_ptr + offs_n * stride_bias_n, mask=mask_n, other=0.0).to(
                 tl.float32
             )[None, :]
             bias_2 = acc + bias_1
             relu_3 = tl.where(bias_2 < 0.0, 0.0, bias_2)
-            out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-            tl.store(out_ptrs, relu_3.to(out_ptr.dtype.element_ty), mask=mask_mn)
+            if TMA_STORE:
+                out_desc.store(
+                    [pid_m * BLOCK_M, pid_n * BLOCK_N + subtile * (BLOCK_N // SUBTILES)],
+                    relu_3.to(out_desc.dtype),
+                )
+            else:
+                out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
+                tl.store(out_ptrs, relu_3.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 @triton.jit

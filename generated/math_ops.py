@@ -73,6 +73,8 @@ def math_ops_kernel(
     split_counts_ptr,
     x_desc,
     w_desc,
+    out_desc,
+    save_desc,
     M,
     N,
     K,
@@ -97,6 +99,7 @@ def math_ops_kernel(
     SAVE: tl.constexpr,
     SUBTILES: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    TMA_STORE: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of math_ops: GEMM, then the epilogue in registers."""
     # -- tiles: program p computes tiles p, p + P, p + 2P, ... of the P launched (one
@@ -212,11 +215,17 @@ def math_ops_kernel(
             mask_n = offs_n < N
             mask_mn = mask_m[:, None] & mask_n[None, :]
             if SAVE:
-                tl.store(
-                    save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
-                    acc.to(save_ptr.dtype.element_ty),
-                    mask=mask_mn,
-                )
+                if TMA_STORE:
+                    save_desc.store(
+                        [pid_m * BLOCK_M, pid_n * BLOCK_N + subtile * (BLOCK_N // SUBTILES)],
+                        acc.to(save_desc.dtype),
+                    )
+                else:
+                    tl.store(
+                        save_ptr + (offs_m[:, None] * N + offs_n[None, :]),
+                        acc.to(save_ptr.dtype.element_ty),
+                        mask=mask_mn,
+                    )
             # src[math_ops.fuse:6]: epilogue: add(shift); acc = acc * rsqrt(square(acc) + 1); e = exp(neg(abs(acc))); acc = log(1 + e) + erf(acc) * tanh(acc) - sigmoid(acc) + sqrt(abs(acc) + eps); div(col_scale)
             shift_1 = tl.load(shift_ptr + offs_n * stride_shift_n, mask=mask_n, other=0.0).to(
                 tl.float32
@@ -253,8 +262,14 @@ def math_ops_kernel(
                 col_scale_ptr + offs_n * stride_col_scale_n, mask=mask_n, other=0.0
             ).to(tl.float32)[None, :]
             div_24 = add_22 / col_scale_23
-            out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
-            tl.store(out_ptrs, div_24.to(out_ptr.dtype.element_ty), mask=mask_mn)
+            if TMA_STORE:
+                out_desc.store(
+                    [pid_m * BLOCK_M, pid_n * BLOCK_N + subtile * (BLOCK_N // SUBTILES)],
+                    div_24.to(out_desc.dtype),
+                )
+            else:
+                out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)
+                tl.store(out_ptrs, div_24.to(out_ptr.dtype.element_ty), mask=mask_mn)
 
 
 @triton.jit

@@ -49,8 +49,9 @@ stages instead of 3 moved 0-2.5 %, within noise. A training forward stores two t
 H100 (2026-12-07, linear_gelu 16384x4096x4096 bf16, 3 stages, one process, the same
 bytes) 905 -> 863 us with both stores through descriptors, where inference went
 785 -> 823 (a hand-edited copy of the generated kernel, launched with the plan's
-arguments). Not yet adopted: the saving plans' descriptor stores are the next step
-for training, whose accumulator store costs 121 us a layer there, not overlapped.
+arguments). So the persistent loop's training forward stores both tiles through tensor
+descriptors (TMA_STORE, kgen/runtime/op.py, where both tensors' rows are 16-byte
+aligned) and inference keeps its pointer store.
 
 Rules, from the seed prompts (shared/seeds/): power-of-two blocks, num_warps in {4, 8},
 the conservative baseline (4 warps, 2 stages) among the choices. The seeds also keep

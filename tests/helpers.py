@@ -78,6 +78,8 @@ for launch in json.loads(sys.argv[2]):
         if param.is_constexpr or value is None:
             signature[name] = "constexpr"
             constexprs[(i,)] = value
+        elif isinstance(value, dict) and "desc" in value:  # a host tensor descriptor
+            signature[name] = value["desc"]
         elif isinstance(value, dict):  # a tensor: its element type
             signature[name] = "*" + value["ptr"]
         elif isinstance(value, bool):
@@ -99,7 +101,8 @@ _TRITON_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int3
 
 def compile_for_hopper(module: ModuleType, launches: list[dict], tmp_path: Path) -> None:
     """Compile each launch ({"kernel": name in `module`, "args": by name, tensors as
-    torch dtypes, "options": num_warps and such}) for sm90, in a subprocess."""
+    torch dtypes, host tensor descriptors as {"desc": dtype, "block": shape},
+    "options": num_warps and such}) for sm90, in a subprocess."""
     import json
     import os
     import subprocess
@@ -110,6 +113,9 @@ def compile_for_hopper(module: ModuleType, launches: list[dict], tmp_path: Path)
     def encode(value: object) -> object:
         if isinstance(value, torch.dtype):
             return {"ptr": _TRITON_TYPES[str(value).removeprefix("torch.")]}
+        if isinstance(value, dict) and "desc" in value:  # a host tensor descriptor
+            dtype = _TRITON_TYPES[str(value["desc"]).removeprefix("torch.")]
+            return {"desc": f"tensordesc<{dtype}{list(value['block'])}>"}
         return value
 
     plain = [

@@ -27,6 +27,7 @@ from kgen import reference, testing
 from kgen.build import compile_spec
 from kgen.derive import ACC, COUNT, DOUT, NotDifferentiable, derive
 from kgen.ir import Kernel, Kind, Role
+from kgen.runtime import devices
 from kgen.tune import Shape, inputs
 
 NAMES = [p.stem for p in SPECS]
@@ -615,3 +616,72 @@ def test_training_launches_through_the_launcher_match_kernel_grid(name: str, dev
     if device == "cuda":
         assert all(plan.direct for plan in op.train_plans.values())
         assert all(plan.launch.direct is not None for plan in op.backward_plans.values())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["linear_gelu", "gated_residual"])
+@given(data=st.data())
+@settings(max_examples=4, deadline=None)
+def test_training_stores_through_descriptors_match_pointer_stores(
+    name: str, device: str, data: st.DataObject
+) -> None:
+    """A training forward in the persistent loop stores its output and the saved
+    accumulator through tensor descriptors (TMA_STORE) where their rows are 16-byte
+    aligned: the same bytes as the "tma" loop's pointer stores and as an inference
+    call, at edges that leave partial tiles (the descriptors clip them); launched
+    three times, so that on the GPU the later ones go through Triton's launcher."""
+    compiled, module = committed(name)
+    kernel = compiled.kernel
+    op = module._OP
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+    if device == "cuda":
+        M, N, K = data.draw(st.sampled_from([(300, 520, 64), (129, 264, 200), (64, 1000, 48)]))
+        blocks = data.draw(st.sampled_from([(128, 256, 64), (64, 128, 32)]))
+        config = (*blocks, 8, 8 if blocks[1] == 256 else 4, 3)
+    else:
+        M = data.draw(st.integers(1, 70), label="M")
+        N = data.draw(st.sampled_from([8, 16, 40, 48, 36, 100]), label="N")
+        K = data.draw(st.sampled_from([8, 16, 40, 13]), label="K")  # 13: no TMA at all
+        config = (32, 32, 16, 2, 4, 2)
+    args, floats = inputs(kernel, Shape(M, N, K), dtype, device=device, seed=M * N + K)
+    call = [*args, *floats.values()]
+    stores = op.plan(*call, config=(*config, "persistent", 1), save=True)
+    pointers = op.plan(*call, config=(*config, "tma", 1), save=True)
+    x, weight = args[0], args[1]
+    aligned = devices.tma_ready(x, weight) and N * x.element_size() % 16 == 0
+    assert (stores.stores is not None) == aligned
+    assert stores.launches[0].arguments()["TMA_STORE"] == aligned
+    assert not pointers.launches[0].arguments()["TMA_STORE"]
+    expected = pointers.run_saving(call)
+    inference = op.plan(*call, config=(*config, "persistent", 1)).run(call)
+    assert torch.equal(inference, expected[0])
+    for _ in range(3):
+        out, saved = stores.run_saving(call)
+        assert torch.equal(out, expected[0]) and torch.equal(saved, expected[1])
+    if device == "cuda":
+        assert stores.direct
+
+
+def test_training_stores_through_descriptors_compile_for_hopper(tmp_path) -> None:
+    """The persistent loop's training forward with its two descriptor stores, at the
+    128x256 tiles and 8 warps the heuristic gives large problems, compiles for sm90."""
+    compiled, module = committed("linear_gelu")
+    shape = Shape(512, 512, 64)
+    args, floats = inputs(compiled.kernel, shape, torch.bfloat16, device="cpu", seed=1)
+    config = (128, 256, 64, 8, 8, 4, "persistent", 1)
+    plan = module._OP.plan(*args, *floats.values(), config=config, save=True)
+    (launch,) = plan.launches
+    values = launch.arguments()
+    assert values["TMA_STORE"]
+    blocks = {"x_desc": [128, 64], "w_desc": [256, 64]}
+    blocks |= {"out_desc": [128, 128], "save_desc": [128, 128]}
+    for name, block in blocks.items():
+        values[name] = {"desc": torch.bfloat16, "block": block}
+    for name in ("x_ptr", "weight_ptr", "bias_ptr", "out_ptr", "save_ptr"):
+        values[name] = torch.bfloat16
+    values["split_partials_ptr"] = values["split_counts_ptr"] = torch.float32
+    compile_for_hopper(
+        module,
+        [{"kernel": launch.jit.__name__, "args": values, "options": launch.options}],
+        tmp_path,
+    )

@@ -164,7 +164,7 @@ def test_a_kept_plan_computes_what_a_fresh_plan_computes(
     assert len(kept.launches) == len(fresh.launches)
     for a, b in zip(kept.launches, fresh.launches, strict=True):
         assert a.grid == b.grid and a.options == b.options and a.slots == b.slots
-        run_values = [*second, None, None, None, None, None, None, *values]
+        run_values = [*second, *[None] * launch.FLOATS, *values]
         assert _specialization(a.fill(run_values)) == _specialization(b.fill(run_values))
         for (i, x), y in zip(enumerate(a.args), b.args, strict=True):
             if i not in dict(a.slots):

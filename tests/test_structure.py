@@ -56,6 +56,11 @@ def test_one_kernel_one_store(path) -> None:
         # one store of the output; split-K's partial sums go to the scratch workspace
         partials = [s for s in stores if s.startswith("split_tile + ")]
         assert len(partials) == 1 and len(stores) == 2
+        # a training forward's other form (TMA_STORE): the accumulator and the output
+        # through tensor descriptors, each in the other branch of its `if`
+        described = [ast.unparse(c.func) for c in ast.walk(kernel) if isinstance(c, ast.Call)]
+        described = [d for d in described if d.endswith("_desc.store")]
+        assert sorted(described) == ["out_desc.store", "save_desc.store"]
     # no store-then-load: the output pointer is never read
     assert all("out_ptr" not in ast.unparse(c) for c in _calls(kernel, "tl.load"))
     backward = [f for f in jit if f.name == f"{path.stem}_backward"]

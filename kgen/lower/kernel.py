@@ -7,9 +7,11 @@ when the launch is persistent) and has three mainloops with an fp32 accumulator,
 chosen per launch by constexprs (kgen/lower/mainloop.py). Then the epilogue, shared by
 all three: one line per IR value (kgen/lower/epilogue.py), named after its op (or the
 name the spec bound it to), each group preceded by the spec line it came from, and
-exactly one `tl.store`. Without row operations the epilogue runs once per column
-slice of the tile (SUBTILES: halves of 256-column tiles), its store included. Row
-operations: kgen/lower/rows.py.
+exactly one store of the output (a training forward stores the accumulator too;
+without row operations, the persistent loop's training forward stores both through
+tensor descriptors, TMA_STORE). Without row operations the epilogue runs once per
+column slice of the tile (SUBTILES: halves of 256-column tiles), its store included.
+Row operations: kgen/lower/rows.py.
 
 Identifiers: the template's own names are `analyze.RESERVED`; user names appear as
 float arguments (`scale`), pointers (`scale_ptr`) and strides (`stride_scale_n`),
@@ -72,14 +74,22 @@ def _epilogue(kernel: Kernel) -> list[str]:
     one line per IR value after the gemm, then the store of the result."""
     writer = Writer(kernel, new_namer(kernel), {0: "acc"}, indent=8)
     # training: the accumulator, saved for the backward (kgen.derive, kgen/lower/backward.py)
-    writer.line("if SAVE:")
-    writer.line(
-        "    tl.store(save_ptr + (offs_m[:, None] * N + offs_n[None, :]),"
+    save = (
+        "tl.store(save_ptr + (offs_m[:, None] * N + offs_n[None, :]),"
         " acc.to(save_ptr.dtype.element_ty), mask=mask_mn)"
     )
     if kernel.row_ops:
+        writer.line("if SAVE:")
+        writer.line(f"    {save}")
         rows.gemm_epilogue(writer, kernel)
         return writer.lines
+    # (without row operations, the saving plans of the persistent loop store both
+    # tiles through tensor descriptors, TMA_STORE: kgen/configs.py says why)
+    writer.line("if SAVE:")
+    writer.line("    if TMA_STORE:")
+    writer.line(f"        save_desc.store({_SUBTILE_CORNER}, acc.to(save_desc.dtype))")
+    writer.line("    else:")
+    writer.line(f"        {save}")
     writer.levels[1] = Level("", "offs_n", "mask_n", "BLOCK_N // SUBTILES", tile="mask_mn")
     for instr in kernel.body[1:]:
         writer.value(instr)
@@ -87,9 +97,19 @@ def _epilogue(kernel: Kernel) -> list[str]:
     value = writer.names[result.id]
     if result.kind is not Kind.TILE:
         value = f"({value} + tl.zeros((BLOCK_M, BLOCK_N // SUBTILES), dtype=tl.float32))"
-    writer.line("out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)")
-    writer.line(f"tl.store(out_ptrs, {value}.to(out_ptr.dtype.element_ty), mask=mask_mn)")
+    writer.line("if TMA_STORE:")
+    writer.line(f"    out_desc.store({_SUBTILE_CORNER}, {value}.to(out_desc.dtype))")
+    writer.line("else:")
+    writer.line(
+        "    out_ptrs = out_ptr + (offs_m[:, None] * stride_om + offs_n[None, :] * stride_on)"
+    )
+    writer.line(f"    tl.store(out_ptrs, {value}.to(out_ptr.dtype.element_ty), mask=mask_mn)")
     return writer.lines
+
+
+# The first row and column of the subtile a descriptor store writes (the descriptor
+# clips what lies past M and N, as the pointer stores' masks do).
+_SUBTILE_CORNER = "[pid_m * BLOCK_M, pid_n * BLOCK_N + subtile * (BLOCK_N // SUBTILES)]"
 
 
 def _row_constexprs(kernel: Kernel) -> list[str]:
@@ -109,13 +129,14 @@ def gemm_kernels(kernel: Kernel) -> str:
         ["tile_n", "seg_n", "seg_tiles", "num_segs"] if kernel.row_ops else []
     )
     scratch = [] if kernel.row_ops else ["split_partials_ptr", "split_counts_ptr"]
-    params = [*_pointer_args(kernel), *scratch, "x_desc", "w_desc", *sizes, *strides]
+    descs = ["x_desc", "w_desc"] + ([] if kernel.row_ops else ["out_desc", "save_desc"])
+    params = [*_pointer_args(kernel), *scratch, *descs, *sizes, *strides]
     params += [f.name for f in kernel.floats]
     params += [f"{c}: tl.constexpr" for c in CONSTEXPRS]
     if kernel.row_ops:
         params += [f"{c}: tl.constexpr" for c in _row_constexprs(kernel)]
     else:
-        params += ["SUBTILES: tl.constexpr", "SPLIT_K: tl.constexpr"]
+        params += ["SUBTILES: tl.constexpr", "SPLIT_K: tl.constexpr", "TMA_STORE: tl.constexpr"]
     head = [
         "@triton.jit",
         f"def {kernel.name}_kernel(",

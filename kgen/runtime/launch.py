@@ -173,8 +173,8 @@ def descriptor(template: TensorDescriptor, base: torch.Tensor) -> TensorDescript
 
 # Where a plan's per-call values stand among a run's values, after the call's n tensors
 # (then come its float params): run_values[n + OUT] is the output, and so on.
-OUT, SCRATCH, COUNTS, DESC0, DESC1, SAVE = range(6)
-FLOATS = 6
+OUT, SCRATCH, COUNTS, DESC0, DESC1, SAVE, OUT_DESC, SAVE_DESC = range(8)
+FLOATS = 8
 
 
 class Plan:
@@ -183,9 +183,11 @@ class Plan:
     `run(args)` takes the call's arguments as the call got them -- its `n` tensors,
     then its float params -- and returns the output. The launches' slots index the run
     values: the tensors, then the output, the scratch buffer, the split-K counters, the
-    two tensor descriptors (None where unused), the saved accumulator, then the floats.
+    two operands' tensor descriptors (None where unused), the saved accumulator, the
+    output's and the accumulator's descriptors (None unless `stores`), then the floats.
     A plan with `save` (training) runs by `run_saving`, which also returns the
-    accumulator the kernel saved for the backward."""
+    accumulator the kernel saved for the backward; `stores`: descriptor templates for
+    the output (as [M, W]) and the accumulator, where the kernel stores through them."""
 
     __slots__ = (
         "copies",
@@ -204,6 +206,7 @@ class Plan:
         "scratch",
         "scratch_strides",
         "simple",
+        "stores",
         "views",
     )
 
@@ -220,6 +223,7 @@ class Plan:
         descs: Sequence[tuple[int, TensorDescriptor]] = (),
         launches: Sequence[Launch] = (),
         save: tuple[tuple[int, ...], torch.dtype] | None = None,
+        stores: tuple[TensorDescriptor, TensorDescriptor] | None = None,
     ) -> None:
         self.device = device
         self.index = device.index if device.type == "cuda" else -1
@@ -238,6 +242,7 @@ class Plan:
         self.descs = tuple(descs)  # (which tensor, its descriptor's template)
         self.launches = tuple(launches)
         self.save = save  # (shape, dtype) of the accumulator a training forward saves
+        self.stores = stores
         self.direct = False  # every launch can go through its launcher
         # one launch and nothing per call but the output: the commonest plan, run by a
         # shorter path
@@ -323,7 +328,11 @@ class Plan:
         scratch, counts = self._buffers()
         descs: list[Any] = [descriptor(template, tensors[i]) for i, template in self.descs]
         descs += [None] * (2 - len(descs))
-        values = [*tensors, out.view(self.out_2d), scratch, counts, *descs, saved, *args[n:]]
+        out_2d = out.view(self.out_2d)
+        stores: list[Any] = [None, None]
+        if self.stores is not None and saved is not None:
+            stores = [descriptor(self.stores[0], out_2d), descriptor(self.stores[1], saved)]
+        values = [*tensors, out_2d, scratch, counts, *descs, saved, *stores, *args[n:]]
         return values, out
 
     def _run_direct(self, args: Sequence[Any]) -> torch.Tensor:
@@ -335,7 +344,7 @@ class Plan:
             (launch,) = self.launches
             n = self.n
             values = [t.data_ptr() for t in args[:n]]
-            values += (out_ptr, None, None, None, None, None)
+            values += (out_ptr, None, None, None, None, None, None, None)
             values += args[n:]
             launch.through_launcher(values, _current_stream(self.index))
             return out
@@ -378,10 +387,15 @@ class Plan:
             values.append(descriptor(template, tensors[i]))
         values += [None] * (2 - len(self.descs))
         if saved is None:
-            values.append(None)
+            values += (None, None, None)
         else:  # a training plan (run_saving)
             values.append(saved.data_ptr())
             aligned |= values[-1]
+            if self.stores is None:
+                values += (None, None)
+            else:
+                values.append(descriptor(self.stores[0], out.view(self.out_2d)))
+                values.append(descriptor(self.stores[1], saved))
         values += args[n:]
         if aligned & 15:
             return None

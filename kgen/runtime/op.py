@@ -52,7 +52,9 @@ from kgen.runtime.launch import (
     DESC1,
     FLOATS,
     OUT,
+    OUT_DESC,
     SAVE,
+    SAVE_DESC,
     SCRATCH,
     Launch,
     Plan,
@@ -792,7 +794,26 @@ class GemmOp:
             if split_k > 1:
                 scratch = ((grid * split_k * block_m * block_n,), torch.float32)
                 slots["split_partials_ptr"], slots["split_counts_ptr"] = n + SCRATCH, n + COUNTS
-            values.update(SUBTILES=2 if block_n >= 256 else 1, SPLIT_K=split_k)
+            subtiles = 2 if block_n >= 256 else 1
+            stores = None
+            values["out_desc"] = values["save_desc"] = None
+            out_dtype = common["out_dtype"]
+            if (
+                save
+                and loop == "persistent"
+                and N * out_dtype.itemsize % 16 == 0  # type: ignore[attr-defined]
+                and N * x.element_size() % 16 == 0
+            ):
+                # a training forward's two tiles through tensor descriptors (TMA):
+                # kgen/configs.py has the measurement
+                block = [block_m, block_n // subtiles]
+                # (bases: the plan's per-call buffers stand in for the templates')
+                stores = (
+                    TensorDescriptor(x, [M, N], [N, 1], block),
+                    TensorDescriptor(x, [M, N], [N, 1], block),
+                )
+                slots["out_desc"], slots["save_desc"] = n + OUT_DESC, n + SAVE_DESC
+            values.update(SUBTILES=subtiles, SPLIT_K=split_k, TMA_STORE=stores is not None)
             gemm = Launch(self.kernel, (grid, split_k, 1), values, slots, options)
             return Plan(
                 **common,  # type: ignore[arg-type]
@@ -800,6 +821,7 @@ class GemmOp:
                 counts=grid if split_k > 1 else 0,
                 descs=descs,
                 launches=[gemm],
+                stores=stores,
             )
 
         rows = self.rows
