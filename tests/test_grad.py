@@ -685,3 +685,33 @@ def test_training_stores_through_descriptors_compile_for_hopper(tmp_path) -> Non
         [{"kernel": launch.jit.__name__, "args": values, "options": launch.options}],
         tmp_path,
     )
+
+
+@pytest.mark.parametrize("name", ["gated_residual", "linear_gelu", "row_pools"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_gradient_oracle_rejects_wrong_gradients(name: str, dtype: torch.dtype) -> None:
+    """The oracle passes kgen's gradients and fails each with one element made NaN, or
+    moved by a few times what it allows: 0.1 % of the gradient's largest value in
+    fp32; in 16 bits, 25 % for x's and the weight's (testing.GRAD_ULPS = 8 units of
+    the dtype: 6.25 % in bf16, plus twice eager's error). A broadcast operand's
+    gradient sums terms that may cancel, and its allowance scales with the terms (in
+    bf16, gated_residual's alpha may be off by more than its value), so in 16 bits it
+    is checked for NaN only."""
+    compiled, module = committed(name)
+    kernel = compiled.kernel
+    args, floats = inputs(kernel, Shape(24, 32, 40), dtype, device="cpu", seed=11)
+    _, dout, grads = _grads(module, kernel, args, floats)
+    assert not testing.gradient_errors(kernel, grads, args, dout, **floats)
+    names = ["x", "weight"] + (["bias"] if kernel.has_bias else [])
+    names += [t.name for t in kernel.tensors]
+    moved = 1e-3 if dtype == torch.float32 else 0.25
+    for i, g in enumerate(grads):
+        wrong_by = [float("nan")]
+        if dtype == torch.float32 or i < 2:
+            wrong_by.append(float(g.abs().max()) * moved)
+        for bad in wrong_by:
+            wrong = list(grads)
+            wrong[i] = g.clone()
+            wrong[i].view(-1)[g.abs().argmax()] += bad
+            problems = testing.gradient_errors(kernel, wrong, args, dout, **floats)
+            assert any(p.startswith(f"{names[i]}:") for p in problems), (names[i], bad)
