@@ -119,6 +119,13 @@ CONFIGS = _CONFIGS
 # for the epilogue's layout conversions and reductions.
 SMEM_HOPPER = 232448
 EPILOGUE_SMEM = 32 * 1024
+# A training forward's descriptor stores (TMA_STORE) stage one subtile of the output
+# (then of the accumulator) in shared memory beside the pipeline's stages: the plan
+# takes them only where that fits. Compiled for sm90 with Triton 3.6 (bf16, persistent
+# loop), the kernel's shared memory was the stages plus one staging tile plus 32-40
+# bytes: 128x256x64 with 4 stages 229408 bytes (inference 200736), 128x128x64 with 5
+# 196648, fp32 128x128x32 with 3 163872; so this much is left for the rest.
+STORE_SMEM_SLACK = 1024
 
 
 def _bucket(M: int, N: int, K: int) -> str:

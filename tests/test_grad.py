@@ -636,8 +636,10 @@ def test_training_stores_through_descriptors_match_pointer_stores(
     dtype = data.draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
     if device == "cuda":
         M, N, K = data.draw(st.sampled_from([(300, 520, 64), (129, 264, 200), (64, 1000, 48)]))
-        blocks = data.draw(st.sampled_from([(128, 256, 64), (64, 128, 32)]))
-        config = (*blocks, 8, 8 if blocks[1] == 256 else 4, 3)
+        # (fp32: half the elements in a stage's shared memory)
+        wide = [(128, 256, 64)] if dtype != torch.float32 else [(128, 128, 32)]
+        blocks = data.draw(st.sampled_from([*wide, (64, 128, 32)]))
+        config = (*blocks, 8, 8 if blocks[0] == 128 else 4, 3)
     else:
         M = data.draw(st.integers(1, 70), label="M")
         N = data.draw(st.sampled_from([8, 16, 40, 48, 36, 100]), label="N")
@@ -715,3 +717,20 @@ def test_the_gradient_oracle_rejects_wrong_gradients(name: str, dtype: torch.dty
             wrong[i].view(-1)[g.abs().argmax()] += bad
             problems = testing.gradient_errors(kernel, wrong, args, dout, **floats)
             assert any(p.startswith(f"{names[i]}:") for p in problems), (names[i], bad)
+
+
+def test_training_stores_through_descriptors_only_where_shared_memory_holds_them() -> None:
+    """The descriptor stores stage a subtile in shared memory beside the pipeline: a
+    configuration whose stages leave no room for it keeps the pointer stores (on an
+    H100, fp32 128x256x64 tiles in 3 stages would need 320 KB)."""
+    compiled, module = committed("linear_gelu")
+    for dtype, config, fits in [
+        (torch.bfloat16, (128, 256, 64, 8, 8, 4, "persistent", 1), True),
+        (torch.bfloat16, (128, 128, 64, 8, 8, 5, "persistent", 1), True),
+        (torch.float32, (128, 128, 32, 8, 8, 3, "persistent", 1), True),
+        (torch.bfloat16, (128, 256, 64, 8, 8, 5, "persistent", 1), False),
+        (torch.float32, (128, 128, 64, 8, 8, 3, "persistent", 1), False),
+    ]:
+        args, floats = inputs(compiled.kernel, Shape(256, 512, 64), dtype, device="cpu", seed=1)
+        plan = module._OP.plan(*args, *floats.values(), config=config, save=True)
+        assert plan.launches[0].arguments()["TMA_STORE"] == fits, (dtype, config)

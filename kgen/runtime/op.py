@@ -797,12 +797,17 @@ class GemmOp:
             subtiles = 2 if block_n >= 256 else 1
             stores = None
             values["out_desc"] = values["save_desc"] = None
-            out_dtype = common["out_dtype"]
+            out_size = common["out_dtype"].itemsize  # type: ignore[attr-defined]
+            size = x.element_size()
+            # the store's staging tile, beside the pipeline's stages in shared memory
+            staged = block_m * (block_n // subtiles) * max(out_size, size)
+            pipeline = num_stages * (block_m + block_n) * block_k * size
             if (
                 save
                 and loop == "persistent"
-                and N * out_dtype.itemsize % 16 == 0  # type: ignore[attr-defined]
-                and N * x.element_size() % 16 == 0
+                and N * out_size % 16 == 0
+                and N * size % 16 == 0
+                and pipeline + staged + configs.STORE_SMEM_SLACK <= facts.smem
             ):
                 # a training forward's two tiles through tensor descriptors (TMA):
                 # kgen/configs.py has the measurement
