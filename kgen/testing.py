@@ -555,7 +555,7 @@ def _as2d(value: Any, M: int) -> torch.Tensor:
 # eager rounds the pre-activation the same way but then computes each op rounded too.
 # `_gradient_terms` evaluates the exact gradients at acc - delta and acc + delta
 # (float64) and, in 16-bit calls, at acc rounded to x's dtype element by element (to
-# nearest and to the other neighbour), and allows each one's largest move: dz's carried
+# nearest, and toward zero), and allows each one's largest move: dz's carried
 # to dx and dW with absolute values, the bias's and other operands' gradients by their
 # own move. A comparison (max, clamp, where) that the rounding can flip moves the
 # gradient by its jump; one between two elements (a pool's window, a row's minimum)
@@ -658,11 +658,12 @@ def _gradient_terms(
     if args[0].dtype != torch.float32:
         # the accumulator as saved, each element rounded on its own: a shift of all of
         # them by delta keeps every near tie between two (a window's max, a row's min)
-        # as it was, where the rounding may flip it; rounded to nearest, and to the other
-        # neighbour in the dtype (Triton's interpreter truncates)
+        # as it was, where the rounding may flip it; rounded to nearest (the GPU), and
+        # toward zero (Triton's interpreter truncates)
         near = case.acc.float().to(args[0].dtype)
-        away = torch.where(case.acc > near.double(), math.inf, -math.inf).to(near.dtype)
-        accs += [near.double(), torch.nextafter(near, away).double()]
+        inward = torch.nextafter(near, torch.zeros_like(near))
+        truncated = torch.where(near.double().abs() > case.acc.abs(), inward, near)
+        accs += [near.double(), truncated.double()]
     grads = []
     for point in accs:
         acc = point.clone().requires_grad_()
