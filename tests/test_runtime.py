@@ -9,7 +9,9 @@ shapes and configurations."""
 
 from __future__ import annotations
 
+import gc
 import warnings
+import weakref
 from typing import Any
 
 import pytest
@@ -463,3 +465,23 @@ def test_an_empty_problem_launches_nothing() -> None:
     for _ in range(2):  # the second call runs the kept plan: on the CPU, not "direct"
         assert module._OP(x, w, b).shape == (0, 3, 5)
     assert not plan.run([x, w, b]).numel() and not plan.direct
+
+
+def test_a_kept_plan_does_not_keep_its_first_calls_tensors_alive() -> None:
+    """Plans outlive the call that made them: their tensor descriptors' templates (x's,
+    the weight's, a training forward's stores) hold a layout, not the tensors, so that
+    a training step's activations are freed after it."""
+    _, module = committed("linear_gelu")
+    op = module._OP
+    w, b = torch.randn(48, 32), torch.randn(48)
+    for save in (False, True):
+        x = torch.randn(40, 32)
+        plan = op.plan(x, w, b, config=(32, 32, 16, 2, 4, 2, "persistent", 1), save=save)
+        assert plan.descs and (plan.stores is not None) == save
+        run = plan.run_saving if save else plan.run
+        run([x, w, b])
+        alive = weakref.ref(x)
+        del x
+        gc.collect()
+        assert alive() is None
+        run([torch.randn(40, 32), w, b])  # the plan still runs

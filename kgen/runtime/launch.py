@@ -162,6 +162,17 @@ def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+def template(
+    base: torch.Tensor, shape: list[int], strides: list[int], block: list[int]
+) -> TensorDescriptor:
+    """A tensor descriptor's layout, checked on `base` and kept without it: a plan keeps
+    its templates for every later call, and must not keep the first call's tensors alive
+    (a training step's activations, say)."""
+    desc = TensorDescriptor(base, shape, strides, block)
+    desc.base = None
+    return desc
+
+
 def descriptor(template: TensorDescriptor, base: torch.Tensor) -> TensorDescriptor:
     """`template` over another tensor of the same layout (its checks were made once,
     for the template)."""

@@ -42,7 +42,6 @@ from typing import Any, NamedTuple
 
 import torch
 import triton
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kgen import configs
 from kgen.runtime import autotune, checks, devices, launch, rowplan
@@ -766,8 +765,8 @@ class GemmOp:
             w_shape = [N, K] if self.linear else [K, N]
             w_block = [block_n, block_k] if self.linear else [block_k, block_n]
             descs = [
-                (0, TensorDescriptor(x, [M, K], [x.stride(0), 1], [block_m, block_k])),
-                (1, TensorDescriptor(weight, w_shape, [weight.stride(0), 1], w_block)),
+                (0, launch.template(x, [M, K], [x.stride(0), 1], [block_m, block_k])),
+                (1, launch.template(weight, w_shape, [weight.stride(0), 1], w_block)),
             ]
             slots["x_desc"], slots["w_desc"] = n + DESC0, n + DESC1
             if loop == "persistent":
@@ -812,10 +811,10 @@ class GemmOp:
                 # a training forward's two tiles through tensor descriptors (TMA):
                 # kgen/configs.py has the measurement
                 block = [block_m, block_n // subtiles]
-                # (bases: the plan's per-call buffers stand in for the templates')
+                # (checked on x: the plan's per-call buffers are their bases)
                 stores = (
-                    TensorDescriptor(x, [M, N], [N, 1], block),
-                    TensorDescriptor(x, [M, N], [N, 1], block),
+                    launch.template(x, [M, N], [N, 1], block),
+                    launch.template(x, [M, N], [N, 1], block),
                 )
                 slots["out_desc"], slots["save_desc"] = n + OUT_DESC, n + SAVE_DESC
             values.update(SUBTILES=subtiles, SPLIT_K=split_k, TMA_STORE=stores is not None)
