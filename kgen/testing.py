@@ -664,17 +664,7 @@ def _gradient_terms(
         inward = torch.nextafter(near, torch.zeros_like(near))
         truncated = torch.where(near.double().abs() > case.acc.abs(), inward, near)
         accs += [near.double(), truncated.double()]
-    grads = []
-    for point in accs:
-        acc = point.clone().requires_grad_()
-        leaves = _spread(kernel, case.operands, M, N)
-        with torch.enable_grad():
-            value = reference.epilogue(kernel, acc, {**case.operands, **leaves})
-            inputs = [acc, *leaves.values()]
-            found = torch.autograd.grad(value, inputs, dout.double(), allow_unused=True)
-        grads.append(
-            [torch.zeros_like(i) if g is None else g for g, i in zip(found, inputs, strict=True)]
-        )
+    grads = [_term_grads(kernel, point, case.operands, dout) for point in accs]
     moved = [
         torch.stack([(a - g).abs() for a in others]).amax(0).nan_to_num(nan=0.0)
         + GRAD_EAGER_FACTOR * e
@@ -691,33 +681,39 @@ def _gradient_terms(
     return shifts, sizes
 
 
+def _term_grads(
+    kernel: Kernel, acc: torch.Tensor, operands: dict[str, Any], dout: torch.Tensor
+) -> list[torch.Tensor]:
+    """Autograd of the reference at `acc`, in acc's dtype: the per-element gradient terms
+    of the accumulator, then of `_spread`'s leaves (float64)."""
+    M, N = acc.shape
+    acc = acc.detach().clone().requires_grad_()
+    leaves = {
+        k: v.detach().to(acc.dtype).requires_grad_()
+        for k, v in _spread(kernel, operands, M, N).items()
+    }
+    with torch.enable_grad():
+        value = reference.epilogue(kernel, acc, {**operands, **leaves})
+        inputs = [acc, *leaves.values()]
+        grads = torch.autograd.grad(value, inputs, dout.to(acc.dtype), allow_unused=True)
+    return [
+        torch.zeros_like(i).double() if g is None else g.double()
+        for g, i in zip(grads, inputs, strict=True)
+    ]
+
+
 def _fp32_term_errors(kernel: Kernel, case: _Case, dout: torch.Tensor) -> list[torch.Tensor]:
     """Eager fp32's error in each per-element term of the gradients (the accumulator's,
     then `_spread`'s leaves'): fp32 autograd of the reference against float64 autograd
     at the same fp32 values; 0 where either is not finite (an fp32 overflow allows
     nothing)."""
-    M, N = case.acc.shape
     found = []
     for dtype in (torch.float32, torch.float64):
-        acc = case.acc.float().to(dtype).requires_grad_()
         operands = {
             k: v.float().to(dtype) if isinstance(v, torch.Tensor) else v
             for k, v in case.operands.items()
         }
-        leaves = {
-            k: v.detach().to(dtype).requires_grad_()
-            for k, v in _spread(kernel, operands, M, N).items()
-        }
-        with torch.enable_grad():
-            value = reference.epilogue(kernel, acc, {**operands, **leaves})
-            inputs = [acc, *leaves.values()]
-            grads = torch.autograd.grad(value, inputs, dout.to(dtype), allow_unused=True)
-        found.append(
-            [
-                torch.zeros_like(i) if g is None else g.double()
-                for g, i in zip(grads, inputs, strict=True)
-            ]
-        )
+        found.append(_term_grads(kernel, case.acc.float().to(dtype), operands, dout))
     return [
         torch.where(torch.isfinite(a) & torch.isfinite(b), (a - b).abs(), 0.0)
         for a, b in zip(*found, strict=True)

@@ -186,6 +186,7 @@ def descriptor(template: TensorDescriptor, base: torch.Tensor) -> TensorDescript
 # (then come its float params): run_values[n + OUT] is the output, and so on.
 OUT, SCRATCH, COUNTS, DESC0, DESC1, SAVE, OUT_DESC, SAVE_DESC = range(8)
 FLOATS = 8
+_UNUSED = (None,) * (FLOATS - OUT - 1)  # a simple plan's slots after the output
 
 
 class Plan:
@@ -197,8 +198,8 @@ class Plan:
     two operands' tensor descriptors (None where unused), the saved accumulator, the
     output's and the accumulator's descriptors (None unless `stores`), then the floats.
     A plan with `save` (training) runs by `run_saving`, which also returns the
-    accumulator the kernel saved for the backward; `stores`: descriptor templates for
-    the output (as [M, W]) and the accumulator, where the kernel stores through them."""
+    accumulator the kernel saved for the backward; `stores`: the descriptor template of
+    the output (as [M, W]) and of the accumulator, where the kernel stores through them."""
 
     __slots__ = (
         "copies",
@@ -234,7 +235,7 @@ class Plan:
         descs: Sequence[tuple[int, TensorDescriptor]] = (),
         launches: Sequence[Launch] = (),
         save: tuple[tuple[int, ...], torch.dtype] | None = None,
-        stores: tuple[TensorDescriptor, TensorDescriptor] | None = None,
+        stores: TensorDescriptor | None = None,
     ) -> None:
         self.device = device
         self.index = device.index if device.type == "cuda" else -1
@@ -342,7 +343,7 @@ class Plan:
         out_2d = out.view(self.out_2d)
         stores: list[Any] = [None, None]
         if self.stores is not None and saved is not None:
-            stores = [descriptor(self.stores[0], out_2d), descriptor(self.stores[1], saved)]
+            stores = [descriptor(self.stores, out_2d), descriptor(self.stores, saved)]
         values = [*tensors, out_2d, scratch, counts, *descs, saved, *stores, *args[n:]]
         return values, out
 
@@ -355,7 +356,8 @@ class Plan:
             (launch,) = self.launches
             n = self.n
             values = [t.data_ptr() for t in args[:n]]
-            values += (out_ptr, None, None, None, None, None, None, None)
+            values.append(out_ptr)
+            values += _UNUSED
             values += args[n:]
             launch.through_launcher(values, _current_stream(self.index))
             return out
@@ -405,8 +407,8 @@ class Plan:
             if self.stores is None:
                 values += (None, None)
             else:
-                values.append(descriptor(self.stores[0], out.view(self.out_2d)))
-                values.append(descriptor(self.stores[1], saved))
+                values.append(descriptor(self.stores, out.view(self.out_2d)))
+                values.append(descriptor(self.stores, saved))
         values += args[n:]
         if aligned & 15:
             return None
